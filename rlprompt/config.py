@@ -1,0 +1,162 @@
+"""Typed configuration: one dataclass per Hydra config group.
+
+`validate(cfg)` merges the composed Hydra config into these dataclasses in struct mode, so a
+typo (`optimizer.lrr=1`) or a wrong type fails at start-up with the key and the valid fields,
+before any model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rlprompt.errors import ConfigError
+
+
+@dataclass
+class TaskConfig:
+    name: str = "car_sales"
+    path: str | None = None  # a task folder outside the package
+
+
+@dataclass
+class TargetConfig:
+    name: str = "hf"  # registry: hf | openai
+    model: str = "smollm2-135m-instruct"  # packaged name, HF id, local folder, or the API's model name
+    dtype: str = "float32"
+    format: str = "auto"  # auto | chat | completion (plain transcript for base models)
+    batch_size: int = 16
+    max_new_tokens: int = 48
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    base_url: str | None = None  # OpenAI-compatible endpoint
+    api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key
+    max_concurrency: int = 8
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    backoff_s: float = 1.0
+
+
+@dataclass
+class PolicyConfig:
+    backbone: str = "smollm2-135m-instruct"  # frozen LM the head sits on
+    dtype: str = "float32"
+    action_space: str = "tokens"  # tokens | components
+    conditioning: str = "context_conditioned"  # context_conditioned | task_level
+    head: str = "residual_mlp"  # residual_mlp (zero-init: starts at the frozen LM) | mlp (RLPrompt) | lora
+    hidden_size: int = 2048
+    prompt_length: int = 5  # K tokens (tokens action space) or component slots (components)
+    top_k: int = 256  # training-time sampling; inference is greedy
+    allowed_tokens: str = "words"  # all | printable | words (printable, word-initial, no specials)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    # What the backbone reads before writing the prompt; {role}, {product}, {context} are filled in.
+    prefix_template: str = "Write a short instruction for a {role} answering this customer. {context}"
+    prefix_chat: bool = True  # wrap the prefix in the backbone's chat template (instruct backbones)
+    answer_start: str = "Instruction:"  # begins the backbone's answer, so prompt words follow naturally
+
+
+@dataclass
+class PromptConfig:
+    """How the learned prompt joins the base instruction in the target's system message."""
+
+    template: str = "{base}\n{learned}"  # fields: {base} (task base instruction), {learned}
+    use_base_instruction: bool = True
+
+
+@dataclass
+class RewardConfig:
+    name: str = "sales_default"
+    modules: dict[str, float] = field(default_factory=dict)  # module → weight; set by configs/reward/*.yaml
+    options: dict[str, Any] = field(default_factory=dict)  # module → its keyword options
+    turns: int = 0  # simulated-customer turns after the first reply (0 = score the first reply alone)
+    customer_model: str = "smollm2-135m-instruct"
+    judge_model: str = "smollm2-135m-instruct"
+    plugins: list[str] = field(default_factory=list)  # Python files that @register_reward their own modules
+
+
+@dataclass
+class OptimizerConfig:
+    """Every optimizer's settings; each optimizer reads the fields it needs."""
+
+    name: str = "ppo"  # ppo | opro | bandit | random | manual | template
+    budget: int | None = None  # max target calls (None: PPO runs `steps`)
+    # PPO (RLPrompt, Deng et al. 2022)
+    steps: int = 60
+    contexts_per_step: int = 4  # C
+    prompts_per_context: int = 4  # G
+    lr: float = 5e-5
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 5.0
+    ppo_epochs: int = 4
+    minibatches: int = 2
+    clip_eps: float = 0.2
+    kl_coef: float = 0.01  # 0 switches the KL penalty off
+    entropy_coef: float = 0.01  # 0 switches the entropy bonus off
+    shaping: bool = True  # linear [low, high] → [0, shaping_scale]
+    shaping_scale: float = 5.0
+    zscore: bool = True  # per-context z-score across the G prompts (RLPrompt)
+    reward_clip: float = 3.0  # 0 switches clipping off
+    # OPRO (Yang et al. 2023)
+    candidates_per_step: int = 8
+    history_top: int = 20
+    exemplars: int = 3
+    meta_temperature: float = 1.0
+    score_subset: int = 8
+    max_prompt_chars: int = 500
+    optimizer_model: str = "smollm2-135m-instruct"
+    # Thompson-sampling bandit with evolution
+    retire_every: int = 24
+    retire_threshold: float = 0.05
+    portfolio_size: int = 6
+    prior_ess_min: float = 10.0
+    prior_ess_frac: float = 0.2
+
+
+@dataclass
+class EvalConfig:
+    splits: list[str] = field(default_factory=lambda: ["val", "test", "heldout_persona"])
+    max_scenarios: int | None = None  # per split; None = all
+    bootstrap: int = 2000
+    confidence: float = 0.95
+
+
+@dataclass
+class CacheConfig:
+    enabled: bool = True
+    path: str | None = None  # default: $RLPROMPT_CACHE/responses.sqlite
+
+
+@dataclass
+class RunConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 = all cores
+    log_every: int = 1
+    checkpoint_every: int = 10
+    resume: str | None = None  # a run folder to continue exactly
+    run_dir: str | None = None  # set by the script (Hydra's output dir)
+    debug: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form, for scripts (compare, transfer)
+
+
+def validate(cfg: DictConfig | dict) -> RunConfig:
+    """Merge a composed config into `RunConfig`; raise `ConfigError` naming the bad key."""
+    schema = OmegaConf.structured(RunConfig)
+    try:
+        merged = OmegaConf.merge(schema, cfg)
+        run: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"invalid config key '{key}': {err.msg if hasattr(err, 'msg') else err}") from err
+    return run

@@ -1,0 +1,32 @@
+"""Prompt assembly: how a learned prompt joins the base instruction in the target's system message.
+
+`prompt.template` (default "{base}\\n{learned}") places the learned tokens after the task's
+hand-written base instruction, so the learned part steers a sensible default rather than
+replacing it; `prompt.use_base_instruction=false` makes the learned prompt the whole system
+message (RLPrompt's setting for classification).
+"""
+
+from __future__ import annotations
+
+from rlprompt.config import PromptConfig
+from rlprompt.errors import ConfigError
+
+
+def assemble_system_prompt(base: str, learned: str, cfg: PromptConfig) -> str:
+    if "{learned}" not in cfg.template:
+        raise ConfigError(f"prompt.template must contain {{learned}}, got {cfg.template!r}")
+    text = cfg.template.format(base=base if cfg.use_base_instruction else "", learned=learned)
+    return text.strip()
+
+
+def check_prompt_text(text: str, where: str) -> str:
+    """Refuse prompts that decode to nothing or hold control characters (they break APIs and exports)."""
+    if not text.strip():
+        raise ConfigError(f"{where}: the prompt decodes to an empty string; use policy.allowed_tokens=words")
+    bad = [c for c in text if not c.isprintable() and c not in "\n\t"]
+    if bad:
+        raise ConfigError(
+            f"{where}: the prompt holds control characters {sorted(set(map(repr, bad)))}; "
+            "use policy.allowed_tokens=printable or words"
+        )
+    return text

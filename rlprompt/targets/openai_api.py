@@ -1,0 +1,150 @@
+"""OpenAI-compatible target (OpenAI, vLLM, `transformers serve`, ...).
+
+Bounded concurrency, per-request timeouts, and retries with exponential backoff and jitter on
+429 / 5xx / timeouts / dropped connections / malformed or empty bodies (honouring
+`Retry-After`). The API key is read from the environment variable named in config, never from
+config itself, so it cannot reach a saved config, a log or a checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from rlprompt.errors import UserError
+from rlprompt.targets.base import (
+    Conversation,
+    GenerationParams,
+    PartialGenerationError,
+    Reply,
+    validate_conversation,
+)
+from rlprompt.targets.cache import CallCounter
+
+log = logging.getLogger(__name__)
+
+
+class RetryableResponse(Exception):
+    """The server answered, but with nothing usable (no choices, no content)."""
+
+
+def _retry_after_seconds(err: Exception) -> float | None:
+    response = getattr(err, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class OpenAITarget:
+    """Chat completions against any OpenAI-compatible `base_url`."""
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        max_concurrency: int = 8,
+        timeout_s: float = 60.0,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        retry_counter: CallCounter | None = None,
+    ) -> None:
+        import openai
+
+        if not base_url:
+            raise UserError("target.base_url is empty: set it, e.g. target.base_url=http://127.0.0.1:8000/v1")
+        api_key = os.environ.get(api_key_env)
+        if api_key is None:
+            raise UserError(
+                f"the API key variable '{api_key_env}' (target.api_key_env) is not set: "
+                f"export {api_key_env}=... (use any value for a local server that ignores keys)"
+            )
+        self._openai = openai
+        # max_retries=0: retries happen here, where they are counted and bounded.
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
+        self.model = model
+        self.max_concurrency = max_concurrency
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.retry_counter = retry_counter or CallCounter(role="retries")
+        self.target_id = f"openai:{base_url.rstrip('/')}:{model}"
+
+    def generate(self, conversations: list[Conversation], params: GenerationParams) -> list[Reply]:
+        for conversation in conversations:
+            validate_conversation(conversation)
+        results: dict[int, Reply] = {}
+        errors: dict[int, Exception] = {}
+        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+            futures = {i: pool.submit(self._one, c, params) for i, c in enumerate(conversations)}
+            for i, future in futures.items():
+                try:
+                    results[i] = future.result()
+                except Exception as err:  # collected: the successful replies must not be lost
+                    errors[i] = err
+        if errors:
+            first = next(iter(errors.values()))
+            raise PartialGenerationError(f"{type(first).__name__}: {first}", completed=results)
+        return [results[i] for i in range(len(conversations))]
+
+    def _one(self, conversation: Conversation, params: GenerationParams) -> Reply:
+        openai = self._openai
+        retryable = (
+            openai.APITimeoutError,
+            openai.APIConnectionError,
+            openai.RateLimitError,
+            openai.InternalServerError,
+            openai.APIResponseValidationError,
+            RetryableResponse,
+            ValueError,  # malformed JSON bodies surface as JSONDecodeError
+        )
+        kwargs = dict(model=self.model, messages=conversation, max_tokens=params.max_new_tokens)
+        if params.greedy:
+            kwargs.update(temperature=0.0)
+        else:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, seed=params.seed)
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self.client.chat.completions.create(**kwargs)
+                if not getattr(response, "choices", None) or response.choices[0].message is None:
+                    raise RetryableResponse("response has no choices")
+                text = response.choices[0].message.content
+                if text is None:
+                    raise RetryableResponse("response choice has no content")
+                usage = response.usage
+                return Reply(
+                    text=text.strip(),
+                    prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                    completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+                )
+            except retryable as err:
+                status = getattr(err, "status_code", None)
+                if (
+                    isinstance(err, openai.APIStatusError)
+                    and status is not None
+                    and status < 500
+                    and status != 429
+                ):
+                    raise
+                if attempt == self.max_retries:
+                    raise
+                delay = _retry_after_seconds(err)
+                if delay is None:
+                    delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
+                with self.retry_counter._lock:
+                    self.retry_counter.retries += 1
+                log.warning(
+                    "target %s: %s (attempt %d), retrying in %.1fs",
+                    self.model,
+                    type(err).__name__,
+                    attempt + 1,
+                    delay,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")

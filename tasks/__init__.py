@@ -1,0 +1,1 @@
+"""Packaged task folders (installed as `rlprompt.tasks`): each holds domain.yaml + scenarios.jsonl."""

@@ -1,0 +1,156 @@
+"""PPO trainer logic: known optima are reached, and resume is exact.
+
+The policy is the real SmolLM2 backbone with the real head; the target is an echo (it replies
+with its system prompt) and the reward pays for one token or one component — a logic test of
+the RL loop with a known answer, not evidence about sales quality (see test_train_e2e.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlprompt.build import TARGETS
+from rlprompt.config import validate
+from rlprompt.rewards.base import REWARDS, RewardResult, register_reward
+from rlprompt.targets.base import Reply
+from rlprompt.trainer import TASK_LEVEL_CONTEXT
+from rlprompt.training_run import build_trainer
+
+pytestmark = pytest.mark.slow
+
+
+class EchoTarget:
+    target_id = "echo"
+
+    def generate(self, conversations, params):
+        return [
+            Reply(
+                text=c[0]["content"] if c[0]["role"] == "system" else "", prompt_tokens=0, completion_tokens=0
+            )
+            for c in conversations
+        ]
+
+
+if "echo" not in TARGETS:
+    TARGETS.register("echo")(lambda cfg, retry_counter: EchoTarget())
+
+if "pays_for_phrase" not in REWARDS:
+
+    @register_reward("pays_for_phrase")
+    class PaysForPhrase:
+        """1 when the seller's reply (the echoed system prompt) contains `phrase`, else 0."""
+
+        low, high = 0.0, 1.0
+
+        def __init__(self, task, phrase: str) -> None:
+            self.phrase = phrase
+
+        def score(self, samples):
+            return [RewardResult(float(self.phrase in s.first_reply)) for s in samples]
+
+
+def make_run(tmp_path: Path, phrase: str, **optimizer) -> dict:
+    return {
+        "target": {"name": "echo"},
+        "policy": optimizer.pop("policy", {}),
+        "prompt": {"use_base_instruction": False},
+        "reward": {
+            "name": "synthetic",
+            "modules": {"pays_for_phrase": 1.0},
+            "options": {"pays_for_phrase": {"phrase": phrase}},
+        },
+        "optimizer": {
+            "lr": 1e-4,
+            "ppo_epochs": 2,
+            "minibatches": 1,
+            "kl_coef": 0.0,
+            "entropy_coef": 0.0,
+            **optimizer,
+        },
+        "cache": {"enabled": False},
+        "checkpoint_every": 1000,
+    }
+
+
+def initial_candidate_token(tmp_path: Path) -> str:
+    """A word the untrained policy ranks 3rd for the first slot: reachable, but not its choice."""
+    trainer = build_trainer(
+        validate(make_run(tmp_path, "x", policy={"conditioning": "task_level"})), tmp_path / "probe"
+    )
+    rollout = trainer.policy.sample([TASK_LEVEL_CONTEXT], greedy=True)
+    logits = trainer.policy.action_logits(rollout)[0, 0]
+    token_id = int(torch.topk(logits, 3).indices[-1])
+    return trainer.policy.tokenizer.decode([token_id]).strip()
+
+
+def test_ppo_reaches_a_rewarded_token(tmp_path):
+    word = initial_candidate_token(tmp_path)
+    run = validate(
+        make_run(
+            tmp_path,
+            word,
+            steps=12,
+            contexts_per_step=2,
+            prompts_per_context=8,
+            policy={"conditioning": "task_level", "prompt_length": 3},
+        )
+    )
+    trainer = build_trainer(run, tmp_path / "run")
+    before = trainer.policy.sample([TASK_LEVEL_CONTEXT], greedy=True).prompts[0]
+    assert word not in before
+    trainer.train()
+    after = trainer.policy.sample([TASK_LEVEL_CONTEXT], greedy=True).prompts[0]
+    assert word in after, (word, before, after)
+    assert trainer.reward_stats.last_mean > 0.9
+
+
+def test_ppo_components_reaches_a_rewarded_component(tmp_path):
+    run = validate(
+        make_run(
+            tmp_path,
+            "",
+            steps=10,
+            contexts_per_step=4,
+            prompts_per_context=4,
+            policy={"action_space": "components", "prompt_length": 2},
+        )
+    )
+    trainer = build_trainer(run, tmp_path / "run")
+    phrases = {c.name: c.phrase for c in trainer.task.components}
+    contexts = [s.context_text() for s in trainer.task.split("test")[:8]]
+    greedy = trainer.policy.sample(contexts, greedy=True).prompts
+    # pay for the component the untrained policy picks least often greedily
+    counts = {name: sum(phrase in p for p in greedy) for name, phrase in phrases.items()}
+    rewarded = min(counts, key=counts.get)
+    trainer.reward.reward.modules["pays_for_phrase"][0].phrase = phrases[rewarded]
+    assert counts[rewarded] < len(contexts) / 2
+    trainer.train()
+    after = trainer.policy.sample(contexts, greedy=True).prompts
+    assert all(phrases[rewarded] in p for p in after), (rewarded, after)
+
+
+def test_resume_gives_identical_head_weights(tmp_path):
+    settings = dict(contexts_per_step=2, prompts_per_context=4, policy={"prompt_length": 3})
+    full = build_trainer(
+        validate({**make_run(tmp_path, " the", steps=4, **dict(settings))}), tmp_path / "full"
+    )
+    full.train()
+
+    first = {**make_run(tmp_path, " the", steps=2, **dict(settings)), "checkpoint_every": 2}
+    interrupted = build_trainer(validate(first), tmp_path / "split")
+    interrupted.train()
+    assert (tmp_path / "split" / "checkpoints" / "latest.json").exists()
+    resumed_cfg = {**make_run(tmp_path, " the", steps=4, **dict(settings)), "resume": str(tmp_path / "split")}
+    resumed = build_trainer(validate(resumed_cfg), tmp_path / "split")
+    resumed.train()
+    assert resumed.step_index == 4
+    a, b = full.policy.trainable_state(), resumed.policy.trainable_state()
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # and training did move the weights (the comparison is not trivially equal)
+    fresh = build_trainer(validate(make_run(tmp_path, " the", steps=0, **dict(settings))), tmp_path / "fresh")
+    assert any(not torch.equal(a[k], fresh.policy.trainable_state()[k]) for k in a)
