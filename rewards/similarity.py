@@ -8,6 +8,7 @@ clipped to 0, so the range is [0, 1].
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import lru_cache
 
 import torch
@@ -52,6 +53,9 @@ class SimilarityReward:
         self.replies = replies
         self.batch_size = batch_size
         self._embedder = embedder  # a shared resource, or loaded on first use
+        # Greedy targets repeat replies (same prompt, same scenario): embed each text once.
+        self._memo: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._memo_size = 20_000
 
     @property
     def embedder(self):
@@ -65,14 +69,24 @@ class SimilarityReward:
             return _reference_embeddings(texts)
         return self._embedder.encode(list(texts), convert_to_tensor=True, normalize_embeddings=True)
 
+    def embed(self, texts: list[str]) -> list[torch.Tensor]:
+        """Unit-norm embeddings, memoised per text (LRU)."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        if missing:
+            fresh = self.embedder.encode(
+                missing, batch_size=self.batch_size, convert_to_tensor=True, normalize_embeddings=True
+            )
+            for text, embedding in zip(missing, fresh):
+                self._memo[text] = embedding
+        for text in texts:
+            self._memo.move_to_end(text)
+        while len(self._memo) > self._memo_size:
+            self._memo.popitem(last=False)
+        return [self._memo[t] for t in texts]
+
     def score(self, samples: list[Sample]) -> list[RewardResult]:
         flat = [(i, r) for i, s in enumerate(samples) for r in replies_to_score(s, self.replies)]
-        embeddings = self.embedder.encode(
-            [r for _, r in flat],
-            batch_size=self.batch_size,
-            convert_to_tensor=True,
-            normalize_embeddings=True,
-        )
+        embeddings = self.embed([r for _, r in flat])
         per_sample: list[list[float]] = [[] for _ in samples]
         for (i, reply), embedding in zip(flat, embeddings):
             if not reply.strip():

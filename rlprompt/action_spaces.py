@@ -34,7 +34,6 @@ class BackboneState:
 
 class ActionSpace(Protocol):
     cacheable_hidden: bool
-    output_dtype: torch.dtype
 
     def start(self, prefix_texts: list[str]) -> BackboneState: ...
     def advance(self, state: BackboneState, action: torch.Tensor) -> BackboneState: ...
@@ -79,9 +78,9 @@ class TokenActions:
 
     def __init__(self, cfg: PolicyConfig, task: Task, backbone, tokenizer) -> None:
         self.backbone, self.tokenizer = backbone, tokenizer
-        self.lm_head = backbone.get_output_embeddings()
-        self.output_dtype = self.lm_head.weight.dtype
-        allowed = allowed_token_mask(tokenizer, cfg.allowed_tokens, self.lm_head.weight.shape[0])
+        # float32 copy of the frozen LM head: the trainable head runs in float32 even on a bf16 backbone
+        self.output_weight = backbone.get_output_embeddings().weight.detach().float()  # (V, d)
+        allowed = allowed_token_mask(tokenizer, cfg.allowed_tokens, self.output_weight.shape[0])
         if int(allowed.sum()) < max(cfg.top_k, 2):
             raise ConfigError(
                 f"policy.allowed_tokens={cfg.allowed_tokens} leaves {int(allowed.sum())} tokens"
@@ -101,7 +100,7 @@ class TokenActions:
         return BackboneState(hidden=hidden[:, -1], mask=mask, past=past, prefix_texts=state.prefix_texts)
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(h)
+        return h @ self.output_weight.T
 
     def mask_logits(self, logits: torch.Tensor, state: BackboneState) -> torch.Tensor:
         return logits + self.bias.to(logits.device)
@@ -137,15 +136,14 @@ class ComponentActions:
                 f"{min(task.max_components, len(task.components))} components (max_components)"
             )
         self.backbone, self.tokenizer, self.task = backbone, tokenizer, task
-        lm_head = backbone.get_output_embeddings().weight  # (V, d)
-        self.output_dtype = lm_head.dtype
+        lm_head = backbone.get_output_embeddings().weight.detach().float()  # (V, d)
         rows = []
         for component in task.components:
             ids = tokenizer(
                 " " + component.name.replace("_", " ") + ": " + component.phrase, add_special_tokens=False
             )
             rows.append(lm_head[torch.tensor(ids["input_ids"])].mean(0))
-        self.embeddings = torch.stack(rows).detach()  # (N, d)
+        self.embeddings = torch.stack(rows)  # (N, d)
 
     def _run(self, prefix_texts: list[str], chosen: list[list[int]]) -> BackboneState:
         # Phrases differ in length, so each step re-reads prefix + chosen names (short, cheap).
@@ -166,7 +164,7 @@ class ComponentActions:
         return self._run(state.prefix_texts, [[*row, int(a)] for row, a in zip(state.chosen, action)])
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
-        return h @ self.embeddings.to(h.device, h.dtype).T
+        return h @ self.embeddings.T
 
     def mask_logits(self, logits: torch.Tensor, state: BackboneState) -> torch.Tensor:
         mask = torch.zeros_like(logits)

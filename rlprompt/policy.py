@@ -133,8 +133,7 @@ class PromptPolicy(nn.Module):
         return self.actions.mask_sequence(logits, rollout.actions)
 
     def _logits(self, head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        dtype = self.actions.output_dtype
-        return self.actions.output(head(hidden.to(dtype))).float()
+        return self.actions.output(head(hidden.float()))
 
     def _lora_hidden(self, rollout: Rollout, reference: bool) -> torch.Tensor:
         """LoRA changes the backbone, so its states are recomputed (teacher-forced) every time."""

@@ -1,0 +1,114 @@
+"""The prompt policy with the real SmolLM2 backbone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlprompt.action_spaces import allowed_token_mask, encode_prefixes, position_ids
+from rlprompt.config import PolicyConfig
+from rlprompt.models import load_model
+from rlprompt.policy import PromptPolicy
+from rlprompt.task import load_task
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="module")
+def task():
+    return load_task("car_sales")
+
+
+def contexts(task, n=4):
+    return [s.context_text() for s in task.split("train")[:: 144 // n][:n]]
+
+
+def test_residual_head_starts_at_the_frozen_lm(backbone, task):
+    model, tokenizer = backbone
+    policy = PromptPolicy(PolicyConfig(head="residual_mlp", allowed_tokens="all"), task, model, tokenizer)
+    rollout = policy.sample(contexts(task, 2), greedy=True)
+    policy_logits = policy.action_logits(rollout)[:, 0]  # (B, V) at the first action
+    enc = encode_prefixes(tokenizer, [policy.prefix_text(c) for c in rollout.context_texts])
+    with torch.no_grad():
+        lm_logits = model(**enc, position_ids=position_ids(enc["attention_mask"])).logits[:, -1]
+    special = torch.tensor(tokenizer.all_special_ids)
+    keep = torch.ones(lm_logits.shape[-1], dtype=torch.bool)
+    keep[special] = False
+    assert torch.allclose(policy_logits[:, keep], lm_logits[:, keep], atol=1e-3)
+
+
+def test_rlprompt_mlp_head_does_not_start_at_the_lm(backbone, task):
+    model, tokenizer = backbone
+    torch.manual_seed(0)
+    plain = PromptPolicy(PolicyConfig(head="mlp"), task, model, tokenizer)
+    residual = PromptPolicy(PolicyConfig(head="residual_mlp"), task, model, tokenizer)
+    ctx = contexts(task, 1)
+    assert plain.sample(ctx, greedy=True).prompts != residual.sample(ctx, greedy=True).prompts
+
+
+def test_batched_greedy_equals_one_by_one_and_logprobs_rescore(backbone, task):
+    model, tokenizer = backbone
+    policy = PromptPolicy(PolicyConfig(), task, model, tokenizer)
+    ctx = contexts(task, 4)
+    batched = policy.sample(ctx, greedy=True)
+    singles = [policy.sample([c], greedy=True).prompts[0] for c in ctx]
+    assert batched.prompts == singles
+    g = torch.Generator().manual_seed(1)
+    sampled = policy.sample(ctx, generator=g)
+    rescored = torch.log_softmax(policy.action_logits(sampled), -1).gather(-1, sampled.actions[..., None])
+    assert torch.allclose(rescored.squeeze(-1), sampled.logprobs, atol=1e-4)
+    assert sampled.actions.shape == (4, 5) and sampled.hidden.shape == (4, 5, model.config.hidden_size)
+
+
+def test_words_mask_keeps_prompts_readable(backbone, task):
+    model, tokenizer = backbone
+    mask = allowed_token_mask(tokenizer, "words", model.get_output_embeddings().weight.shape[0])
+    assert 5_000 < int(mask.sum()) < len(tokenizer)
+    policy = PromptPolicy(PolicyConfig(allowed_tokens="words"), task, model, tokenizer)
+    g = torch.Generator().manual_seed(0)
+    rollout = policy.sample(contexts(task, 4) * 4, generator=g)
+    for prompt in rollout.prompts:
+        assert all(word.isascii() and word.isalpha() for word in prompt.split()), prompt
+    assert mask[rollout.actions].all()
+
+
+def test_components_are_distinct_and_decode_to_phrases(backbone, task):
+    model, tokenizer = backbone
+    policy = PromptPolicy(PolicyConfig(action_space="components", prompt_length=4), task, model, tokenizer)
+    g = torch.Generator().manual_seed(0)
+    rollout = policy.sample(contexts(task, 4) * 2, generator=g)
+    phrases = [c.phrase for c in task.components]
+    for row, prompt in zip(rollout.actions, rollout.prompts):
+        assert len(set(row.tolist())) == 4  # never the same component twice
+        assert sum(p in prompt for p in phrases) == 4
+    logits = policy.action_logits(rollout)
+    # the masks at later positions exclude what was chosen before: rescoring matches sampling
+    rescored = torch.log_softmax(logits, -1).gather(-1, rollout.actions[..., None]).squeeze(-1)
+    assert torch.allclose(rescored, rollout.logprobs, atol=1e-4)
+
+
+def test_too_many_components_is_a_clear_error(backbone, task):
+    from rlprompt.errors import ConfigError
+
+    model, tokenizer = backbone
+    with pytest.raises(ConfigError, match="max_components"):
+        PromptPolicy(PolicyConfig(action_space="components", prompt_length=9), task, model, tokenizer)
+
+
+def test_lora_head_trains_adapter_weights_only(backbone, task):
+    model, tokenizer = load_model("smollm2-135m-instruct")  # its own copy: peft wraps the module
+    policy = PromptPolicy(PolicyConfig(head="lora", prompt_length=3), task, model, tokenizer)
+    trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    g = torch.Generator().manual_seed(0)
+    rollout = policy.sample(contexts(task, 2), generator=g)
+    rescored = torch.log_softmax(policy.action_logits(rollout), -1).gather(-1, rollout.actions[..., None])
+    assert torch.allclose(rescored.squeeze(-1), rollout.logprobs, atol=1e-3)
+    reference = policy.action_logits(rollout, reference=True)
+    assert torch.allclose(reference, policy.action_logits(rollout), atol=1e-4)  # LoRA B starts at zero
+    assert set(policy.trainable_state()) and all("lora_" in k for k in policy.trainable_state())
