@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -45,8 +46,17 @@ class Checkpointer:
         rank_file = step_dir / f"rng_rank{self.rank}.pt"
         if not rank_file.exists():
             raise UserError(f"resume: {rank_file} is missing: resume with the same number of processes")
-        shared = torch.load(step_dir / "state.pt", weights_only=False)
-        return shared, torch.load(rank_file, weights_only=False)
+        return _load(step_dir / "state.pt"), _load(rank_file)
+
+
+def _load(path: Path):
+    try:
+        return torch.load(path, weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise UserError(
+            f"resume: checkpoint file {path} is missing or unreadable ({type(err).__name__}: {err}). "
+            "Checkpoints are written atomically, so this one was changed after it was written"
+        ) from err
 
 
 def _atomic_save(obj, path: Path) -> None:

@@ -2,22 +2,79 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from rlprompt.errors import UserError
+from rlprompt.errors import ConfigError, TargetError, UserError
+
+EXIT_USER_ERROR = 2  # fix the input and rerun
+EXIT_TARGET_ERROR = 3  # the target LLM failed for good; the run folder can be resumed
 
 
 def guarded(main: Callable[[], object], debug: bool = False) -> object:
-    """Run `main`; a `UserError` exits with status 2 and its message, without a traceback."""
+    """Run `main`; a `UserError` (exit 2) or `TargetError` (exit 3) prints one line, no traceback.
+
+    Call it *inside* a `@hydra.main` function: Hydra catches what escapes that function and prints
+    it with a traceback. `debug=true` (or `--debug`) re-raises, so the traceback shows.
+    """
     try:
         return main()
-    except UserError as err:
+    except (UserError, TargetError) as err:
         if debug or "--debug" in sys.argv or "debug=true" in sys.argv:
             raise
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR if isinstance(err, UserError) else EXIT_TARGET_ERROR)
+
+
+def check_overrides(overrides: Sequence[str], config_dir: Path, script_keys: Sequence[str] = ()) -> None:
+    """Check command-line overrides against the config groups and `RunConfig` before Hydra composes.
+
+    Hydra reports an unknown key (`optimizer.lrr=1`) as "not in struct ... use +optimizer.lrr=1"
+    and an unknown group option as a search-path dump; this names the key or option and lists the
+    valid ones instead. Only what can be decided from the schema is checked; the rest (value
+    types, keys inside free-form dicts) is left to Hydra and `rlprompt.config.validate`.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    from rlprompt.config import section_fields
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException:
+        return  # a syntax error: Hydra's own message points at the character
+    groups = {p.name: p for p in Path(config_dir).iterdir() if p.is_dir()}
+    for override in parsed:
+        key = override.key_or_group
+        if key.split(".")[0] == "hydra" or override.type == OverrideType.DEL or key in script_keys:
+            continue
+        if key in groups and not override.is_sweep_override():
+            value = override.value()
+            options = sorted(p.stem for p in groups[key].glob("*.yaml"))
+            if isinstance(value, str) and value not in options:
+                raise ConfigError(
+                    f"unknown {key} '{value}' (override '{override.input_line}'). "
+                    f"Valid {key} names: {', '.join(options)}"
+                )
+            continue
+        parts = key.split(".")
+        for depth in range(1, len(parts) + 1):
+            section, name = ".".join(parts[: depth - 1]), parts[depth - 1]
+            valid = section_fields(section)
+            if valid is None:  # a free-form dict (reward.modules, extra, ...): anything goes below
+                break
+            if name not in valid:
+                close = difflib.get_close_matches(name, valid, n=1)
+                hint = f" Did you mean '{'.'.join([*parts[: depth - 1], close[0]])}'?" if close else ""
+                where = f"'{section}'" if section else "the top level"
+                raise ConfigError(
+                    f"unknown config key '{key}' (override '{override.input_line}'): {where} has no "
+                    f"field '{name}'.{hint} Valid fields: {', '.join(valid)}"
+                )
 
 
 def setup_logging() -> None:

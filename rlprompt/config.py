@@ -82,7 +82,7 @@ class RewardConfig:
 class OptimizerConfig:
     """Every optimizer's settings; each optimizer reads the fields it needs."""
 
-    name: str = "ppo"  # ppo | opro | bandit | random | manual | template
+    name: str = "ppo"  # registry: ppo | components | opro | bandit | random | manual | template
     budget: int | None = None  # max target calls (None: PPO runs `steps`)
     # PPO (RLPrompt, Deng et al. 2022)
     steps: int = 60
@@ -114,6 +114,12 @@ class OptimizerConfig:
     portfolio_size: int = 6
     prior_ess_min: float = 10.0
     prior_ess_frac: float = 0.2
+    # Shared by the prompt-search optimizers (OPRO, bandit, random search); docs/OPTIMIZERS.md
+    optimizer_target: str = "hf"  # target registry name of the optimizer LLM (hf | openai)
+    optimizer_base_url: str | None = None  # OpenAI-compatible endpoint of the optimizer LLM
+    optimizer_max_new_tokens: int = 96  # length of one optimizer-LLM reply (a new instruction)
+    min_prompt_chars: int = 20  # length filter (with max_prompt_chars) for generated instructions
+    private_cache: bool = True  # optimization replies cached in the run folder only (no free calls)
 
 
 @dataclass
@@ -158,5 +164,28 @@ def validate(cfg: DictConfig | dict) -> RunConfig:
         run: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
-        raise ConfigError(f"invalid config key '{key}': {err.msg if hasattr(err, 'msg') else err}") from err
+        detail = str(getattr(err, "msg", None) or err).strip().splitlines()[0]
+        section, _, name = key.rpartition(".")
+        valid = section_fields(section)
+        if valid is not None and name not in valid:  # an unknown key: list the known ones
+            where = f"'{section}'" if section else "the top level"
+            detail = f"{where} has no field '{name}'. Valid fields: {', '.join(valid)}"
+        raise ConfigError(f"invalid config key '{key}': {detail}") from err
     return run
+
+
+def section_fields(path: str) -> list[str] | None:
+    """Field names of the config section at dotted `path` ("" = top level), or None when it is
+    not a dataclass section (a free-form dict such as `reward.modules`, a list, a value)."""
+    import dataclasses
+    import typing
+
+    cls: Any = RunConfig
+    for part in [p for p in path.split(".") if p]:
+        if not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return None
+        cls = hints[part]
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else None

@@ -26,7 +26,7 @@ def check_prompt_text(text: str, where: str) -> str:
     bad = [c for c in text if not c.isprintable() and c not in "\n\t"]
     if bad:
         raise ConfigError(
-            f"{where}: the prompt holds control characters {sorted(set(map(repr, bad)))}; "
+            f"{where}: the prompt holds control characters {', '.join(sorted(set(map(repr, bad))))}; "
             "use policy.allowed_tokens=printable or words"
         )
     return text

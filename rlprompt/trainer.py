@@ -10,6 +10,7 @@ and only the main process writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -25,7 +26,7 @@ from rlprompt import ppo
 from rlprompt.checkpoint import Checkpointer
 from rlprompt.config import RunConfig
 from rlprompt.conversation import run_conversations
-from rlprompt.errors import ConfigError
+from rlprompt.errors import ConfigError, TargetError
 from rlprompt.policy import PromptPolicy, Rollout
 from rlprompt.prompting import assemble_system_prompt
 from rlprompt.rewards.factory import RewardSetup
@@ -87,6 +88,7 @@ class PPOTrainer:
         self.context_rng = random.Random(run.seed)
         self.sample_gen = torch.Generator().manual_seed(run.seed * 1000 + self.rank)
         self.step_index = 0
+        self.phases = PhaseTimer()  # seconds per phase of a step (benchmarks/trainer_overhead.py)
         self.reward_stats = RunningStats()
         self.history: list[dict] = []  # per step: prompts and rewards (for the best-prompt pick)
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.rank, self.is_main)
@@ -110,26 +112,30 @@ class PPOTrainer:
     def collect(self) -> StepBatch:
         scenarios = self.draw_contexts()
         G = self.cfg.prompts_per_context
-        if self.run.policy.conditioning == "context_conditioned":
-            rollout = self.policy.sample(
-                [s.context_text() for s in scenarios for _ in range(G)], generator=self.sample_gen
-            )
-            rows = [(s, i * G + g, i) for i, s in enumerate(scenarios) for g in range(G)]
-        elif self.run.policy.conditioning == "task_level":
-            rollout = self.policy.sample([TASK_LEVEL_CONTEXT] * G, generator=self.sample_gen)
-            rows = [(s, g, i) for i, s in enumerate(scenarios) for g in range(G)]
-        else:
-            raise ConfigError(
-                f"unknown policy.conditioning '{self.run.policy.conditioning}'. Valid: context_conditioned, task_level"
-            )
+        with self.phases.time("policy_sampling"):
+            if self.run.policy.conditioning == "context_conditioned":
+                rollout = self.policy.sample(
+                    [s.context_text() for s in scenarios for _ in range(G)], generator=self.sample_gen
+                )
+                rows = [(s, i * G + g, i) for i, s in enumerate(scenarios) for g in range(G)]
+            elif self.run.policy.conditioning == "task_level":
+                rollout = self.policy.sample([TASK_LEVEL_CONTEXT] * G, generator=self.sample_gen)
+                rows = [(s, g, i) for i, s in enumerate(scenarios) for g in range(G)]
+            else:
+                raise ConfigError(
+                    f"unknown policy.conditioning '{self.run.policy.conditioning}'. "
+                    "Valid: context_conditioned, task_level"
+                )
         row_scenarios = [r[0] for r in rows]
         prompt_index = torch.tensor([r[1] for r in rows])
         group = torch.tensor([r[2] for r in rows])
         system = [self.system_prompt(rollout.prompts[i]) for i in prompt_index.tolist()]
-        samples = run_conversations(
-            self.target, row_scenarios, system, self.params, self.run.reward.turns, self.reward.customer
-        )
-        scored = self.reward.reward.score(samples)
+        with self.phases.time("target_generation"):
+            samples = run_conversations(
+                self.target, row_scenarios, system, self.params, self.run.reward.turns, self.reward.customer
+            )
+        with self.phases.time("reward"):
+            scored = self.reward.reward.score(samples)
         stabilized = ppo.stabilize(scored.total, group, self.low, self.high, self.stabilizer)
         advantages = torch.zeros(len(rollout)).index_add_(0, prompt_index, stabilized)
         advantages /= torch.bincount(prompt_index, minlength=len(rollout)).clamp_min(1)
@@ -207,20 +213,33 @@ class PPOTrainer:
         started = time.perf_counter()
         while self.step_index < total:
             step_started = time.perf_counter()
+            rng_before = self.rank_state()  # a failed step must not move the saved RNG streams
             try:
                 batch = self.collect()
             except BudgetExhausted as err:
                 log.info("stopping at step %d: %s", self.step_index, err)
                 break
-            stats = self.update(batch)
+            except TargetError as err:
+                # The target failed for good mid-step. Replies it did deliver are cached; the step's
+                # half-drawn randomness is discarded, so resume=<run dir> redoes exactly this step.
+                self.checkpointer.save(self.step_index, self.state(), rng_before, self.accelerator)
+                bar.close()
+                raise TargetError(
+                    f"{err}. Training stopped in step {self.step_index + 1}; the {self.step_index} "
+                    f"completed steps are checkpointed in {self.run_dir / 'checkpoints'}"
+                ) from err
+            with self.phases.time("update"):
+                stats = self.update(batch)
             self.step_index += 1
-            self.record(batch, stats, time.perf_counter() - step_started)
+            with self.phases.time("logging_checkpoint"):
+                self.record(batch, stats, time.perf_counter() - step_started)
+                if self.step_index % self.run.checkpoint_every == 0 or self.step_index == total:
+                    self.save()
             bar.update(1)
             bar.set_postfix(reward=f"{self.reward_stats.last_mean:.3f}", calls=self.target.counter.calls)
-            if self.step_index % self.run.checkpoint_every == 0 or self.step_index == total:
-                self.save()
         bar.close()
         self.train_seconds = time.perf_counter() - started
+        self.check_replicas_in_sync()
         if self.writer:
             self.writer.flush()
 
@@ -246,13 +265,30 @@ class PPOTrainer:
             "reward/std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
             **{f"reward/{k}": float(v.mean()) for k, v in parts.items()},
             **{f"ppo/{k}": v for k, v in stats.items()},
-            "budget/target_calls": counter.calls * self.world,
+            "budget/target_calls": counter.calls,  # this rank's; summary.json holds all ranks' total
             "budget/cache_hit_rate": counter.hit_rate,
             **{f"budget/{name}_calls": c.calls for name, c in self.reward.counters.items()},
             "time/steps_per_s": 1.0 / max(seconds, 1e-9),
+            **{f"time/{name}_s": value for name, value in self.phases.seconds.items()},
         }
         for name, value in scalars.items():
             self.writer.add_scalar(name, value, self.step_index)
+
+    def check_replicas_in_sync(self) -> None:
+        """Every rank must hold the same head after all-reduced updates; fail loudly if not."""
+        if self.world == 1:
+            return
+        checksum = torch.stack([p.detach().double().sum() for p in self.params_trainable]).sum().reshape(1)
+        sums = self.accelerator.gather(checksum.to(self.accelerator.device)).cpu()
+        if not torch.allclose(sums, sums[0].expand_as(sums), rtol=0, atol=1e-9):
+            raise RuntimeError(f"policy replicas diverged across ranks: parameter sums {sums.tolist()}")
+
+    def total_target_calls(self) -> int:
+        """Target calls of all ranks (each rank counts its own slice of the rollouts)."""
+        calls = torch.tensor([self.target.counter.calls], dtype=torch.long)
+        if self.world > 1:
+            calls = self.accelerator.gather(calls.to(self.accelerator.device)).cpu()
+        return int(calls.sum())
 
     def _gather(self, values: torch.Tensor) -> torch.Tensor:
         if self.world == 1:
@@ -300,6 +336,21 @@ class PPOTrainer:
         torch.set_rng_state(mine["torch_rng"])
         if self.is_main:
             log.info("resumed from %s at step %d", run_dir, self.step_index)
+
+
+class PhaseTimer:
+    """Wall seconds spent per named phase, accumulated over the run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def time(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
 class RunningStats:

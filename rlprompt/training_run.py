@@ -151,14 +151,14 @@ def run_training(run: RunConfig, run_dir: Path, accelerator=None) -> dict | None
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = build_trainer(run, run_dir, accelerator)
     trainer.train()
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
+    total_calls = trainer.total_target_calls()  # collective: every rank takes part
     if not trainer.is_main:
         return None
     prompts = learned_prompts(trainer)
     write_json(run_dir / "prompts.json", prompts)
     (run_dir / "prompt.txt").write_text(prompts["task_level"]["system_prompt"] + "\n")
     train_seconds = trainer.train_seconds
+    calls_before_eval = trainer.target.counter.calls
     summary = evaluate_run(trainer, prompts)
     counter = trainer.target.counter
     summary.update(
@@ -166,11 +166,15 @@ def run_training(run: RunConfig, run_dir: Path, accelerator=None) -> dict | None
             "task": run.task.name,
             "method": prompts["method"],
             "steps": trainer.step_index,
-            "target_calls": counter.calls,
+            "processes": trainer.world,
+            "target_calls": total_calls,
+            "eval_target_calls": counter.calls - calls_before_eval,
             "cache_hits": counter.cache_hits,
             "retries": counter.retries,
             "reward_calls": {k: c.calls for k, c in trainer.reward.counters.items()},
             "train_seconds": train_seconds,
+            "phase_seconds": dict(trainer.phases.seconds),
+            "target_completion_tokens": counter.completion_tokens,
             "wall_seconds": time.perf_counter() - started,
             "task_level_prompt": prompts["task_level"]["text"],
             "config": asdict(run),

@@ -10,14 +10,16 @@ Compose config → validate → build → score → print. The logic lives in rl
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from rlprompt.cli import guarded, setup_logging
+from rlprompt.cli import check_overrides, guarded, setup_logging
 
 SCRIPT_KEYS = ("prompt_text", "prompt_file", "split", "limit")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 _UNSET = object()
 
 
@@ -28,18 +30,15 @@ def main(cfg: DictConfig) -> None:
 
 
 def score(cfg: DictConfig) -> None:
-    from rlprompt.build import build_cache, build_target, generation_params, set_threads
     from rlprompt.config import validate
     from rlprompt.errors import ConfigError
-    from rlprompt.rewards.factory import reward_from_config
-    from rlprompt.scoring import score_prompt
+    from rlprompt.prompting import check_prompt_text
     from rlprompt.task import load_task
 
     setup_logging()
     with open_dict(cfg):  # script-only keys are not part of RunConfig
         extra = {k: cfg.pop(k) if k in cfg else _UNSET for k in SCRIPT_KEYS}
     run = validate(cfg)
-    set_threads(run)
     task = load_task(run.task.name, run.task.path)
     if extra["prompt_file"] is not _UNSET:
         path = Path(str(extra["prompt_file"]))
@@ -50,8 +49,19 @@ def score(cfg: DictConfig) -> None:
         prompt = extra["prompt_text"]  # null → no system prompt
     else:
         prompt = task.base_instruction
+    if prompt is not None:
+        prompt = check_prompt_text(
+            str(prompt), "+prompt_file" if extra["prompt_file"] is not _UNSET else "+prompt_text"
+        )
     split = "test" if extra["split"] is _UNSET else str(extra["split"])
     limit = None if extra["limit"] is _UNSET or extra["limit"] is None else int(extra["limit"])
+    task.split(split)  # an unknown or empty split fails here, before any model loads
+
+    from rlprompt.build import build_cache, build_target, generation_params, set_threads
+    from rlprompt.rewards.factory import reward_from_config
+    from rlprompt.scoring import score_prompt
+
+    set_threads(run)
     cache = build_cache(run.cache)
     reward = reward_from_config(run.reward, task, cache)
     target = build_target(run.target, cache)
@@ -74,4 +84,5 @@ def score(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    guarded(lambda: check_overrides(sys.argv[1:], CONFIG_DIR, SCRIPT_KEYS))
     main()

@@ -1,31 +1,48 @@
 """Train a prompt policy with PPO: `accelerate launch scripts/train.py task=car_sales`.
 
 Compose config → validate → build → train → write the run folder. No logic lives here.
+User errors print one `error:` line (exit 2; `debug=true` shows the traceback); a target that
+fails for good prints how to resume (exit 3). docs/RELIABILITY.md lists the guarantees.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from rlprompt.cli import guarded, setup_logging
+from rlprompt.cli import check_overrides, guarded, setup_logging
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    # Inside the Hydra task: Hydra would otherwise print a UserError with a traceback and exit 1.
+    guarded(lambda: train(cfg))
+
+
+def train(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from rlprompt.config import validate
-    from rlprompt.distributed import make_accelerator, shared_run_dir
-    from rlprompt.training_run import run_training
+    from rlprompt.errors import TargetError
 
     setup_logging()
     run = validate(cfg)
+    preflight(run)  # before the heavy imports below: a typo fails in a second
+
+    from rlprompt.distributed import make_accelerator, shared_run_dir
+    from rlprompt.training_run import run_training
+
     accelerator = make_accelerator()
     run_dir = shared_run_dir(Path(run.resume or HydraConfig.get().runtime.output_dir), accelerator)
-    summary = run_training(run, run_dir, accelerator)
+    try:
+        summary = run_training(run, run_dir, accelerator)
+    except TargetError as err:
+        raise TargetError(f"{err}\nContinue this run with: resume={run_dir}") from err
     if summary is not None:
         print(f"run folder: {run_dir}")
         for split, entry in summary["splits"].items():
@@ -36,5 +53,37 @@ def main(cfg: DictConfig) -> None:
             )
 
 
+def preflight(run) -> None:
+    """Cheap checks that would otherwise fail after training (eval splits) or deep in a build."""
+    from rlprompt.errors import ConfigError, UserError
+    from rlprompt.task import load_task
+
+    task = load_task(run.task.name, run.task.path)
+    for split in ["train", *run.eval.splits]:
+        task.split(split)  # unknown or empty: a ConfigError naming the split and the file
+    if run.resume and not (Path(run.resume) / "checkpoints" / "latest.json").is_file():
+        raise UserError(
+            f"resume={run.resume}: no checkpoint there ({Path(run.resume) / 'checkpoints' / 'latest.json'} "
+            "is missing); pass the run folder of an earlier run, or start without resume="
+        )
+    from rlprompt.rewards.base import REWARDS
+    from rlprompt.rewards.factory import load_plugins
+
+    load_plugins(run.reward.plugins)
+    for name in run.reward.modules:
+        REWARDS.get(name)  # before any model loads for the modules listed ahead of it
+    try:
+        from rlprompt.optimizers import OPTIMIZERS
+
+        valid = OPTIMIZERS.names()
+    except ImportError:
+        valid = ["ppo"]
+    if run.optimizer.name not in valid:
+        raise ConfigError(
+            f"unknown optimizer '{run.optimizer.name}'. Valid optimizer names: {', '.join(valid)}"
+        )
+
+
 if __name__ == "__main__":
-    guarded(main)
+    guarded(lambda: check_overrides(sys.argv[1:], CONFIG_DIR))
+    main()

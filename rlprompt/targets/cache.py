@@ -82,11 +82,14 @@ class ResponseCache:
         return conn
 
     def _open_checked(self) -> None:
+        conn = None
         try:
             conn = self._connect()
             if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("quick_check failed")
         except sqlite3.DatabaseError as err:
+            if conn is not None:
+                conn.close()  # before its files move aside
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}-{os.getpid()}")
             log.warning(
                 "response cache %s is corrupt (%s); moved to %s and starting fresh", self.path, err, aside

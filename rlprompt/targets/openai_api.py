@@ -1,13 +1,17 @@
 """OpenAI-compatible target (OpenAI, vLLM, `transformers serve`, ...).
 
 Bounded concurrency, per-request timeouts, and retries with exponential backoff and jitter on
-429 / 5xx / timeouts / dropped connections / malformed or empty bodies (honouring
-`Retry-After`). The API key is read from the environment variable named in config, never from
-config itself, so it cannot reach a saved config, a log or a checkpoint.
+408 / 409 / 429 / 5xx / timeouts / dropped connections / truncated, malformed or empty bodies
+(honouring `Retry-After`, capped at `max_backoff_s`). Other 4xx (a bad key, a wrong model name)
+fail at once. The API key is read from the environment variable named in config, never from
+config itself, so it cannot reach a saved config, a log or a checkpoint; error messages are
+scrubbed of it too (a careless server may echo it back). tests/test_fault_api.py drives every
+fault class through a local fault-injecting server (tests/fault_server.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -31,13 +35,27 @@ class RetryableResponse(Exception):
     """The server answered, but with nothing usable (no choices, no content)."""
 
 
+RETRYABLE_STATUS = (408, 409, 429)  # and every 5xx; as the official client does
+
+
 def _retry_after_seconds(err: Exception) -> float | None:
+    """Seconds from `retry-after-ms` / `Retry-After` (seconds form; an HTTP date is ignored)."""
     response = getattr(err, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
+    if response is None:
         return None
+    for header, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = response.headers.get(header)
+        try:
+            if value is not None and float(value) >= 0:
+                return float(value) / scale
+        except ValueError:
+            continue
+    return None
+
+
+def redact(text: str, secret: str | None) -> str:
+    """`text` with every occurrence of `secret` (the API key) replaced by `***`."""
+    return text.replace(secret, "***") if secret else text
 
 
 class OpenAITarget:
@@ -66,6 +84,7 @@ class OpenAITarget:
                 f"export {api_key_env}=... (use any value for a local server that ignores keys)"
             )
         self._openai = openai
+        self._secret = api_key  # only to scrub it from error messages
         # max_retries=0: retries happen here, where they are counted and bounded.
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
         self.model = model
@@ -90,19 +109,19 @@ class OpenAITarget:
                     errors[i] = err
         if errors:
             first = next(iter(errors.values()))
-            raise PartialGenerationError(f"{type(first).__name__}: {first}", completed=results)
+            message = redact(f"{type(first).__name__}: {first}", self._secret)
+            raise PartialGenerationError(message, completed=results)
         return [results[i] for i in range(len(conversations))]
 
     def _one(self, conversation: Conversation, params: GenerationParams) -> Reply:
         openai = self._openai
         retryable = (
-            openai.APITimeoutError,
-            openai.APIConnectionError,
-            openai.RateLimitError,
-            openai.InternalServerError,
-            openai.APIResponseValidationError,
-            RetryableResponse,
-            ValueError,  # malformed JSON bodies surface as JSONDecodeError
+            openai.APITimeoutError,  # no answer within timeout_s
+            openai.APIConnectionError,  # refused, dropped, truncated body (httpx.RemoteProtocolError)
+            openai.APIStatusError,  # filtered below: 408 / 409 / 429 / 5xx only
+            openai.APIResponseValidationError,  # a body that does not fit the schema
+            json.JSONDecodeError,  # a malformed JSON body (the client does not wrap it)
+            RetryableResponse,  # no choices / no content
         )
         kwargs = dict(model=self.model, messages=conversation, max_tokens=params.max_new_tokens)
         if params.greedy:
@@ -112,12 +131,13 @@ class OpenAITarget:
         for attempt in range(self.max_retries + 1):
             try:
                 response = self.client.chat.completions.create(**kwargs)
-                if not getattr(response, "choices", None) or response.choices[0].message is None:
+                choices = getattr(response, "choices", None)
+                if not choices or not isinstance(choices, list):
                     raise RetryableResponse("response has no choices")
-                text = response.choices[0].message.content
-                if text is None:
-                    raise RetryableResponse("response choice has no content")
-                usage = response.usage
+                text = getattr(getattr(choices[0], "message", None), "content", None)
+                if not isinstance(text, str):
+                    raise RetryableResponse("response choice has no text content")
+                usage = getattr(response, "usage", None)
                 return Reply(
                     text=text.strip(),
                     prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
@@ -125,18 +145,14 @@ class OpenAITarget:
                 )
             except retryable as err:
                 status = getattr(err, "status_code", None)
-                if (
-                    isinstance(err, openai.APIStatusError)
-                    and status is not None
-                    and status < 500
-                    and status != 429
-                ):
+                if isinstance(err, openai.APIStatusError) and status < 500 and status not in RETRYABLE_STATUS:
                     raise
                 if attempt == self.max_retries:
                     raise
                 delay = _retry_after_seconds(err)
                 if delay is None:
                     delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
+                delay = min(delay, self.max_backoff_s)  # a server asking for an hour does not stall the run
                 with self.retry_counter._lock:
                     self.retry_counter.retries += 1
                 log.warning(
