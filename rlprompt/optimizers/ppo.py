@@ -1,0 +1,115 @@
+"""The PPO prompt policies as optimizers: `ppo` (token policy) and `components` (phrase bank).
+
+Both wrap the unchanged `PPOTrainer` (rlprompt/trainer.py): its target is built with
+`optimizer.budget` and its loop stops on `BudgetExhausted`, so the wrapper only sets the step
+count (with a budget, the budget is what stops it), records the learning curve after each step
+and reads the greedy prompts with `training_run.learned_prompts`. `components` is the same PPO
+with the task's phrase bank as its action set (the component-selection design).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import replace
+
+from rlprompt.config import RunConfig
+from rlprompt.optimizers.base import (
+    BestSoFar,
+    OptimizerContext,
+    OptimizerResult,
+    register_optimizer,
+    write_json,
+)
+from rlprompt.trainer import PPOTrainer
+
+CURVE_FILE = "curve.json"
+
+
+class PPOOptimizer:
+    """Token-policy PPO (RLPrompt) under a call budget."""
+
+    method = "ppo"
+
+    def __init__(self, ctx: OptimizerContext) -> None:
+        self.ctx = ctx
+
+    def configure(self, run: RunConfig) -> RunConfig:
+        return run
+
+    def run(self) -> OptimizerResult:
+        from rlprompt.training_run import build_trainer, learned_prompts
+
+        run = self.configure(self.ctx.private_run)
+        budget = run.optimizer.budget
+        if budget is not None:
+            # Every step spends at most C×G calls and almost always at least one, so `budget` steps
+            # is an upper bound that lets the budget, not the step count, end the run.
+            run = replace(run, optimizer=replace(run.optimizer, steps=max(budget, 1)))
+        trainer = build_trainer(run, self.ctx.run_dir)
+        curve = self._track_curve(trainer)
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+        prompts = learned_prompts(trainer)
+        prompts["method"] = self.method
+        usage = self.usage(trainer, prompts)
+        return OptimizerResult(
+            method=self.method,
+            seed=run.seed,
+            prompts=prompts,
+            curve=curve.points,
+            target_calls=trainer.target.counter.calls,
+            budget=budget,
+            seconds=seconds,
+            run_dir=str(self.ctx.run_dir),
+            extra={"steps": trainer.step_index, "usage": usage},
+        )
+
+    def _track_curve(self, trainer: PPOTrainer) -> BestSoFar:
+        """Wrap `trainer.record` (no edit of trainer.py): one point per step, saved for resume."""
+        path = self.ctx.run_dir / CURVE_FILE
+        resumed = self.ctx.resume_dir is not None and (self.ctx.resume_dir / CURVE_FILE).exists()
+        points = json.loads((self.ctx.resume_dir / CURVE_FILE).read_text()) if resumed else []
+        curve = BestSoFar([tuple(p) for p in points])
+        record = trainer.record
+
+        def record_and_track(batch, stats, seconds) -> None:
+            record(batch, stats, seconds)
+            curve.add(trainer.target.counter.calls, float(batch.raw_reward.mean()))
+            write_json(path, curve.points)
+
+        trainer.record = record_and_track  # type: ignore[method-assign]
+        return curve
+
+    def usage(self, trainer: PPOTrainer, prompts: dict) -> dict[str, int]:
+        """How often each learned token (word) appears across the greedy prompts."""
+        entries = list(prompts["per_context"].values()) or [prompts["task_level"]]
+        return dict(Counter(word for e in entries for word in e["text"].split()).most_common(30))
+
+
+@register_optimizer("ppo")
+def _ppo(ctx: OptimizerContext) -> PPOOptimizer:
+    return PPOOptimizer(ctx)
+
+
+class ComponentsOptimizer(PPOOptimizer):
+    """PPO over the task's phrase bank: `policy.action_space=components` is forced here, so
+    `optimizer=components` alone selects the method (configs/policy/components.yaml tunes the rest)."""
+
+    method = "components"
+
+    def configure(self, run: RunConfig) -> RunConfig:
+        return replace(run, policy=replace(run.policy, action_space="components"))
+
+    def usage(self, trainer: PPOTrainer, prompts: dict) -> dict[str, int]:
+        """How often each component is chosen across the greedy per-context prompts."""
+        names = [c.name for c in trainer.task.components]
+        entries = list(prompts["per_context"].values()) or [prompts["task_level"]]
+        return dict(Counter(names[i] for e in entries for i in set(e["action_ids"])))
+
+
+@register_optimizer("components")
+def _components(ctx: OptimizerContext) -> ComponentsOptimizer:
+    return ComponentsOptimizer(ctx)
