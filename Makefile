@@ -27,8 +27,12 @@ train: install
 	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/accelerate launch --cpu --num_processes 1 --num_machines 1 \
 		--mixed_precision no --dynamo_backend no scripts/train.py task=car_sales $(ARGS)
 
+# Tests use every core by default; RLPROMPT_TEST_THREADS=1 on a machine shared with other jobs.
+RLPROMPT_TEST_THREADS ?= $(THREADS)
+export RLPROMPT_TEST_THREADS
+
 test: install
-	$(PY) -m pytest -q -ra $(ARGS)
+	$(PY) -m pytest -q -ra --durations=15 $(ARGS)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

@@ -56,6 +56,14 @@ MODES: dict[str, tuple[MethodSpec, ...]] = {
         MethodSpec("ppo", _PPO),
         MethodSpec("components", ("optimizer=components", "policy=components")),
     ),
+    # benchmarks/sample_efficiency.py: the learning methods only (+ the reference).
+    "efficiency": (
+        MethodSpec("manual", ("optimizer=manual",)),
+        MethodSpec("ppo", _PPO),
+        MethodSpec("components", ("optimizer=components", "policy=components")),
+        MethodSpec("opro", ("optimizer=opro",)),
+        MethodSpec("bandit", ("optimizer=bandit",)),
+    ),
     # RLPrompt's stabilizer ablation: each PPO ingredient switched off in turn.
     "ablation": (
         MethodSpec("manual", ("optimizer=manual",)),

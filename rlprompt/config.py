@@ -85,17 +85,17 @@ class OptimizerConfig:
     name: str = "ppo"  # registry: ppo | components | opro | bandit | random | manual | template
     budget: int | None = None  # max target calls (None: PPO runs `steps`)
     # PPO (RLPrompt, Deng et al. 2022)
-    steps: int = 60
+    steps: int = 80
     contexts_per_step: int = 4  # C
     prompts_per_context: int = 4  # G
-    lr: float = 5e-5
+    lr: float = 2e-5
     adam_eps: float = 1e-8
     max_grad_norm: float = 5.0
     ppo_epochs: int = 4
     minibatches: int = 2
     clip_eps: float = 0.2
-    kl_coef: float = 0.01  # 0 switches the KL penalty off
-    entropy_coef: float = 0.01  # 0 switches the entropy bonus off
+    kl_coef: float = 0.05  # 0 switches the KL penalty off
+    entropy_coef: float = 0.001  # 0 switches the entropy bonus off
     shaping: bool = True  # linear [low, high] → [0, shaping_scale]
     shaping_scale: float = 5.0
     zscore: bool = True  # per-context z-score across the G prompts (RLPrompt)

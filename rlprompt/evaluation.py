@@ -8,6 +8,8 @@ the comparison that matters when both prompts answer the same scenarios.
 
 from __future__ import annotations
 
+import itertools
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -116,9 +118,23 @@ def evaluate(
 
 
 def select_scenarios(task: Task, split: str, max_scenarios: int | None) -> list[Scenario]:
-    """The split, or an evenly spread deterministic subset of it (every context kept if it fits)."""
+    """The split, or a deterministic subset that spreads over stages, personas and urgency levels.
+
+    Scenarios are taken round-robin: the first of every context (stages interleaved), then the
+    second, ... so a small subset still covers every stage instead of one corner of the grid.
+    """
     scenarios = task.split(split)
     if max_scenarios is None or max_scenarios >= len(scenarios):
         return scenarios
-    step = len(scenarios) / max_scenarios
-    return [scenarios[int(i * step)] for i in range(max_scenarios)]
+    rounds: dict[int, dict[str, list[Scenario]]] = {}
+    seen: dict[tuple, int] = {}
+    for s in scenarios:
+        nth = seen[s.context] = seen.get(s.context, -1) + 1
+        rounds.setdefault(nth, {st.name: [] for st in task.stages})[s.stage].append(s)
+    picked: list[Scenario] = []
+    for nth in sorted(rounds):
+        buckets = list(rounds[nth].values())
+        for bucket in buckets:  # personas and urgency levels mixed, reproducibly
+            random.Random(nth).shuffle(bucket)
+        picked.extend(s for group in itertools.zip_longest(*buckets) for s in group if s is not None)
+    return picked[:max_scenarios]

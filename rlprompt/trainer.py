@@ -218,6 +218,8 @@ class PPOTrainer:
                 batch = self.collect()
             except BudgetExhausted as err:
                 log.info("stopping at step %d: %s", self.step_index, err)
+                if self.step_index % self.run.checkpoint_every:  # the last whole step, for resume=
+                    self.checkpointer.save(self.step_index, self.state(), rng_before, self.accelerator)
                 break
             except TargetError as err:
                 # The target failed for good mid-step. Replies it did deliver are cached; the step's

@@ -16,13 +16,19 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from rlprompt.cli import guarded, setup_logging
+from rlprompt.cli import check_overrides, guarded, setup_logging
 
 OWN_KEYS = ("budget", "seeds", "mode")  # this script's `+key=value` options, not RunConfig fields
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    # Inside the Hydra task: Hydra would otherwise print a UserError with a traceback and exit 1.
+    guarded(lambda: compare(cfg))
+
+
+def compare(cfg: DictConfig) -> None:
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
@@ -56,4 +62,5 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     if not any(a.startswith("hydra.run.dir=") for a in sys.argv[1:]):
         sys.argv.append("hydra.run.dir=runs/compare/${task.name}/${now:%Y%m%d-%H%M%S}")
-    guarded(main)
+    guarded(lambda: check_overrides(sys.argv[1:], CONFIG_DIR, OWN_KEYS))
+    main()

@@ -72,15 +72,14 @@ def preflight(run) -> None:
     load_plugins(run.reward.plugins)
     for name in run.reward.modules:
         REWARDS.get(name)  # before any model loads for the modules listed ahead of it
-    try:
-        from rlprompt.optimizers import OPTIMIZERS
+    from rlprompt.optimizers import OPTIMIZERS
 
-        valid = OPTIMIZERS.names()
-    except ImportError:
-        valid = ["ppo"]
-    if run.optimizer.name not in valid:
+    OPTIMIZERS.get(run.optimizer.name)  # unknown name: the error lists the valid ones
+    if run.optimizer.name != "ppo":
         raise ConfigError(
-            f"unknown optimizer '{run.optimizer.name}'. Valid optimizer names: {', '.join(valid)}"
+            f"scripts/train.py trains the PPO prompt policy (optimizer=ppo; policy=tokens|components|lora); "
+            f"'{run.optimizer.name}' runs through scripts/compare.py, every method on one budget "
+            f"(python scripts/compare.py task={run.task.name} +budget=N)"
         )
 
 

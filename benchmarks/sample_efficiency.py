@@ -1,0 +1,83 @@
+"""Sample efficiency: reward vs target calls for PPO tokens, PPO components, OPRO and the bandit.
+
+Runs scripts/compare.py in `+mode=efficiency` (same budget, same seeds for every method), then
+reads each method's best-so-far curve (training reward vs calls, one per seed) and its held-out
+(test) reward at the end of the budget. The area under the curve is the mean best-so-far reward
+over the budget (trapezoid over calls / budget; before a method's first scored call it counts 0).
+
+    python benchmarks/sample_efficiency.py [--budget 48] [--seeds 0 1 2] [--scenarios 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from common import Stopwatch, write_result
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("ppo", "components", "opro", "bandit")
+
+
+def area_under_curve(curve: list[tuple[int, float]], budget: int) -> float:
+    """Mean best-so-far reward over [0, budget] calls (step function, 0 before the first point)."""
+    if not curve:
+        return 0.0
+    xs = [0] + [min(c, budget) for c, _ in curve] + [budget]
+    ys = [0.0] + [r for _, r in curve]
+    area = sum((xs[i + 1] - xs[i]) * ys[i] for i in range(len(ys)))
+    return area / budget
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--budget", type=int, default=48)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--scenarios", type=int, default=12)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, Stopwatch() as watch:
+        out = Path(tmp) / "report"
+        cmd = [
+            sys.executable, str(REPO / "scripts" / "compare.py"), "+mode=efficiency", f"+budget={args.budget}",
+            f"+seeds=[{','.join(map(str, args.seeds))}]", f"eval.max_scenarios={args.scenarios}",
+            f"target.max_new_tokens={args.new_tokens}", "optimizer.score_subset=4", f"threads={args.threads}",
+            f"cache.path={Path(tmp) / 'c.sqlite'}", f"hydra.run.dir={out}",
+        ]  # fmt: skip
+        result = subprocess.run(
+            cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"compare failed:\n{result.stderr[-3000:]}")
+        results = json.loads((out / "results.json").read_text())
+    rows = {}
+    for label in METHODS:
+        method = results["methods"][label]
+        aucs = [area_under_curve([tuple(p) for p in c], args.budget) for c in method["curves"].values()]
+        test = method["splits"]["test"]
+        rows[label] = {
+            "auc_mean": round(float(np.mean(aucs)), 4), "auc_per_seed": [round(a, 4) for a in aucs],
+            "final_test_reward": round(test["mean"], 4), "test_per_seed": test["per_seed"],
+            "calls_used": method["target_calls"], "optimize_seconds": round(method["optimize_seconds"], 1),
+        }  # fmt: skip
+        print(f"{label:11s} AUC {np.mean(aucs):.3f} (per seed {', '.join(f'{a:.3f}' for a in aucs)})  "
+              f"held-out test {test['mean']:.3f}  calls {method['target_calls']:.0f}")  # fmt: skip
+    manual = results["methods"]["manual"]["splits"]["test"]["mean"]
+    best = max(rows, key=lambda k: rows[k]["auc_mean"])
+    print(f"hand-written prompt on test: {manual:.3f}; most sample-efficient (AUC): {best}")
+    print(f"wall time {watch.seconds:.0f} s")
+    write_result("sample_efficiency", {
+        "budget": args.budget, "seeds": args.seeds, "eval_scenarios": args.scenarios, "rows": rows,
+        "manual_test_reward": manual, "wall_seconds": round(watch.seconds, 1), "curve_y": "best-so-far training reward (per method's own unit of scoring)",
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
