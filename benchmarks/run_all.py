@@ -12,7 +12,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["batching.py", "cache.py", "trainer_overhead.py", "memory.py", "scale_out.py", "sample_efficiency.py"]
+ORDER = [
+    "batching.py",
+    "cache.py",
+    "trainer_overhead.py",
+    "memory.py",
+    "scale_out.py",
+    "sample_efficiency.py",
+]
 
 if __name__ == "__main__":
     for script in ORDER:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,8 +44,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
+    out = REPO / "runs" / "bench" / "sample_efficiency"  # kept (gitignored): its prompts feed transfer.py
+    shutil.rmtree(out, ignore_errors=True)  # compare.py would reuse finished runs found there
     with tempfile.TemporaryDirectory() as tmp, Stopwatch() as watch:
-        out = Path(tmp) / "report"
         cmd = [
             sys.executable, str(REPO / "scripts" / "compare.py"), "+mode=efficiency", f"+budget={args.budget}",
             f"+seeds=[{','.join(map(str, args.seeds))}]", f"eval.max_scenarios={args.scenarios}",
@@ -72,7 +74,7 @@ def main() -> None:
     manual = results["methods"]["manual"]["splits"]["test"]["mean"]
     best = max(rows, key=lambda k: rows[k]["auc_mean"])
     print(f"hand-written prompt on test: {manual:.3f}; most sample-efficient (AUC): {best}")
-    print(f"wall time {watch.seconds:.0f} s")
+    print(f"wall time {watch.seconds:.0f} s; report: {out / 'report.md'}")
     write_result("sample_efficiency", {
         "budget": args.budget, "seeds": args.seeds, "eval_scenarios": args.scenarios, "rows": rows,
         "manual_test_reward": manual, "wall_seconds": round(watch.seconds, 1), "curve_y": "best-so-far training reward (per method's own unit of scoring)",

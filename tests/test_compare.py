@@ -36,6 +36,9 @@ def test_plans_compose_from_the_real_configs(mode):
     if mode == "compare":
         assert by_label["components"].policy.action_space == "components"
         assert by_label["ppo"].policy.action_space == "tokens"
+    elif mode == "efficiency":
+        assert set(by_label) == {"manual", "ppo", "components", "opro", "bandit"}
+        assert by_label["components"].policy.action_space == "components"
     else:
         assert not by_label["ppo-no-zscore"].optimizer.zscore
         assert by_label["ppo-no-kl"].optimizer.kl_coef == 0

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from rlprompt.config import validate
+from rlprompt.config import OptimizerConfig, validate
 from rlprompt.errors import ConfigError
 from rlprompt.export import (
     EXPORT_JSON,
@@ -135,7 +135,8 @@ def test_secrets_never_reach_the_export_or_the_hash(tmp_path, monkeypatch):
 
 
 def test_config_hash_is_canonical():
-    assert config_hash({}) == config_hash({"seed": 0, "optimizer": {"lr": 5e-5}})  # defaults filled in
+    default_lr = OptimizerConfig().lr
+    assert config_hash({}) == config_hash({"seed": 0, "optimizer": {"lr": default_lr}})  # defaults filled in
     assert config_hash({"seed": 1}) != config_hash({})
 
 
