@@ -1,8 +1,7 @@
 """Peak RSS of the default training run (goal <= 4 GiB) and how it grows with K, G and batch size.
 
-Each configuration trains a few steps in a fresh subprocess (peak RSS is per process, so runs do
-not contaminate each other; RUSAGE_CHILDREN reports the largest child so far, so configurations
-run in increasing size).
+Each configuration trains a few steps in a fresh subprocess; its peak RSS (the whole process
+tree, sampled every 0.2 s) is recorded.
 
     python benchmarks/memory.py [--steps 3]
 """
@@ -46,8 +45,6 @@ def main() -> None:
             "steps": args.steps,
             "rows": rows,
             "default_peak_rss_gib": default,
-            "note": "RUSAGE_CHILDREN is a running maximum: a row equal to the one before "
-            "means 'no more than that'.",
         },
     )
 

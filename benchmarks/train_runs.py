@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["reward=sales_default", "eval.splits=[]", "checkpoint_every=1000"]
@@ -40,11 +42,21 @@ def train_subprocess(overrides: list[str], processes: int = 1, threads: int = 0,
                 f"threads={threads or 1}",
             ]
             env["OMP_NUM_THREADS"] = str(threads or 1)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        if result.returncode != 0:
-            raise RuntimeError(f"training failed:\n{result.stderr[-3000:]}")
-        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        peak, log_path = 0, Path(tmp) / "train.log"
+        with log_path.open("w") as log, subprocess.Popen(cmd, env=env, stdout=log, stderr=log) as proc:
+            root = psutil.Process(proc.pid)
+            started = time.monotonic()
+            while proc.poll() is None:  # peak RSS of the whole process tree (ranks included)
+                try:
+                    tree = [root, *root.children(recursive=True)]
+                    peak = max(peak, sum(p.memory_info().rss for p in tree))
+                except psutil.Error:
+                    pass
+                if time.monotonic() - started > timeout:
+                    proc.kill()
+                time.sleep(0.2)
+        if proc.returncode != 0:
+            raise RuntimeError(f"training failed:\n{log_path.read_text()[-3000:]}")
         summary = json.loads((run_dir / "summary.json").read_text())
-        summary["peak_rss_gib"] = round(peak_kib / 2**20, 3) if peak_kib > before else None
+        summary["peak_rss_gib"] = round(peak / 2**30, 3)
         return summary
