@@ -56,7 +56,12 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _forward(backbone, ids: torch.Tensor, mask: torch.Tensor, past=None, positions=None):
-    out = backbone(
+    """Last-layer states (after the final norm) and the KV cache, without the LM head.
+
+    The decoder alone is enough: the policy reads states, and skipping the vocabulary projection
+    of every prefix position saves time and, for a 72-context batch, gigabytes of peak memory.
+    """
+    out = backbone.get_decoder()(
         input_ids=ids.to(backbone.device),
         attention_mask=mask.to(backbone.device),
         position_ids=(positions if positions is not None else position_ids(mask)[:, -ids.shape[1] :]).to(
@@ -64,10 +69,8 @@ def _forward(backbone, ids: torch.Tensor, mask: torch.Tensor, past=None, positio
         ),
         past_key_values=past,
         use_cache=past is not None or ids.shape[1] > 0,
-        output_hidden_states=True,
-        logits_to_keep=1,
     )
-    return out.hidden_states[-1], out.past_key_values  # (B, T, d) after the final norm
+    return out.last_hidden_state, out.past_key_values  # (B, T, d) after the final norm
 
 
 @ACTION_SPACES.register("tokens")
