@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from rlprompt.build import build_cache, build_target, generation_params, set_threads
+from rlprompt.checkpoint import write_json
 from rlprompt.config import RunConfig
 from rlprompt.evaluation import EvalResult, bootstrap_ci, evaluate
-from rlprompt.optimizers.base import OptimizerResult, run_optimizer, write_json
+from rlprompt.optimizers.base import OptimizerResult, run_optimizer
 from rlprompt.rewards.factory import reward_from_config
 from rlprompt.task import Task, load_task
 from rlprompt.training_run import prompt_lookup

@@ -11,7 +11,6 @@ and only the main process writes.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import time
@@ -402,9 +401,3 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
     from trl.trainer.utils import entropy_from_logits
 
     return entropy_from_logits(logits)
-
-
-def write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    tmp.replace(path)

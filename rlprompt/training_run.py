@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from rlprompt.build import build_cache, build_target, generation_params, set_threads
+from rlprompt.checkpoint import write_json
 from rlprompt.config import RunConfig
 from rlprompt.evaluation import EvalResult, evaluate, paired_difference, win_rate
 from rlprompt.models import load_model
@@ -29,7 +30,7 @@ from rlprompt.policy import PromptPolicy
 from rlprompt.prompting import check_prompt_text
 from rlprompt.rewards.factory import reward_from_config
 from rlprompt.task import Scenario, load_task
-from rlprompt.trainer import TASK_LEVEL_CONTEXT, PPOTrainer, write_json
+from rlprompt.trainer import TASK_LEVEL_CONTEXT, PPOTrainer
 
 log = logging.getLogger(__name__)
 

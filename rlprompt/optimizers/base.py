@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rlprompt.build import build_cache, build_target, generation_params, set_threads
+from rlprompt.checkpoint import write_json
 from rlprompt.config import RunConfig
 from rlprompt.conversation import run_conversations
 from rlprompt.registry import Registry
@@ -233,12 +234,6 @@ class OptimizerContext:
             return None
         log.info("resuming from %s", self.resume_dir / name)
         return json.loads((self.resume_dir / name).read_text())
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    tmp.replace(path)
 
 
 def run_optimizer(run: RunConfig, run_dir: Path) -> OptimizerResult:
