@@ -56,6 +56,9 @@ class Endpoint:
     base_url: str = ""
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 60.0
+    max_concurrency: int = 8
+    max_retries: int = 5
+    backoff_s: float = 1.0
 
     @classmethod
     def parse(cls, raw: dict[str, Any] | None, module: str) -> Endpoint:
@@ -82,7 +85,7 @@ BACKENDS: Registry = Registry("reward LLM backend")
 
 @BACKENDS.register("hf")
 class _HFBackend:
-    def __init__(self, model: str, endpoint: Endpoint) -> None:
+    def __init__(self, model: str, endpoint: Endpoint, counter: CallCounter, role: str) -> None:
         self.model, self.endpoint = model, endpoint
 
     def generator(self) -> Target:
@@ -105,20 +108,29 @@ class _HFBackend:
 
 @BACKENDS.register("openai")
 class _OpenAIBackend:
-    def __init__(self, model: str, endpoint: Endpoint) -> None:
+    """Both the customer's replies and the choice scorers go through one client path
+    (`OpenAIChat`); their retries count on the role's counter, next to its calls."""
+
+    def __init__(self, model: str, endpoint: Endpoint, counter: CallCounter, role: str) -> None:
+        e = endpoint
         self.model, self.endpoint = model, endpoint
+        self.options = dict(
+            api_key_env=e.api_key_env,
+            timeout_s=e.timeout_s,
+            max_concurrency=e.max_concurrency,
+            max_retries=e.max_retries,
+            backoff_s=e.backoff_s,
+            retry_counter=counter,
+            where=f"reward.options.{role}.endpoint",
+        )
 
     def generator(self) -> Target:
         from rlprompt.targets.openai_api import OpenAITarget
 
-        e = self.endpoint
-        return OpenAITarget(
-            model=self.model, base_url=e.base_url, api_key_env=e.api_key_env, timeout_s=e.timeout_s
-        )
+        return OpenAITarget(self.model, self.endpoint.base_url, **self.options)
 
     def scorer(self, choices: Choices) -> Target:
-        e = self.endpoint
-        return OpenAIChoiceScorer(choices, self.model, e.base_url, e.api_key_env, e.timeout_s)
+        return OpenAIChoiceScorer(choices, self.model, self.endpoint.base_url, **self.options)
 
 
 class Resources:
@@ -151,7 +163,7 @@ class Resources:
     def _backend(self, role: str):
         endpoint = Endpoint.parse(self.cfg.options.get(role, {}).get("endpoint"), role)
         model = getattr(self.cfg, f"{role}_model")  # reward.judge_model / reward.customer_model
-        return BACKENDS.get(endpoint.name)(model, endpoint)
+        return BACKENDS.get(endpoint.name)(model, endpoint, self.counters[role], role)
 
     def _cached(self, role: str, inner: Target) -> CachedTarget:
         return CachedTarget(inner, self.cache, self.counters[role])

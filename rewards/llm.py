@@ -16,7 +16,7 @@ import torch
 
 from rlprompt.errors import UserError
 from rlprompt.targets.base import Conversation, GenerationParams, Reply, validate_conversation
-from rlprompt.targets.cache import CachedTarget
+from rlprompt.targets.cache import CachedTarget, CallCounter
 
 # One cache-key setting for every choice call: one answer token, read not sampled.
 CHOICE_PARAMS = GenerationParams(max_new_tokens=1, temperature=0.0)
@@ -105,7 +105,12 @@ class HFChoiceScorer:
 
 
 class OpenAIChoiceScorer:
-    """`logprobs=True, top_logprobs=20, max_tokens=1`; the same expectation from the returned top-20."""
+    """`logprobs=True, top_logprobs=20, max_tokens=1`; the same expectation from the returned top-20.
+
+    Goes through the target's client path (`OpenAIChat`): bounded concurrency, retries with
+    backoff on 429 / 5xx / timeouts / malformed bodies (honouring Retry-After) counted on
+    `retry_counter` (the role's counter), completed replies kept, the key scrubbed from errors.
+    """
 
     def __init__(
         self,
@@ -114,33 +119,46 @@ class OpenAIChoiceScorer:
         base_url: str = "",
         api_key_env: str = "OPENAI_API_KEY",
         timeout_s: float = 60.0,
+        *,
+        max_concurrency: int = 8,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        retry_counter: CallCounter | None = None,
+        where: str = "reward endpoint",
     ) -> None:
-        from rlprompt.targets.openai_api import OpenAITarget
+        from rlprompt.targets.openai_api import OpenAIChat
 
-        # Reuse the target's client construction (key from the environment, never from config).
-        self._api = OpenAITarget(model=model, base_url=base_url, api_key_env=api_key_env, timeout_s=timeout_s)
+        self._api = OpenAIChat(
+            model,
+            base_url,
+            api_key_env,
+            max_concurrency=max_concurrency,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            backoff_s=backoff_s,
+            max_backoff_s=max_backoff_s,
+            retry_counter=retry_counter,
+            where=where,
+        )
         self.choices = choices
         self.model = model
         self.target_id = f"choice:{choices.key()}:openai:{base_url.rstrip('/')}:{model}"
         self._forms = {form.strip(): i for i, forms in enumerate(choices.variants) for form in forms}
 
     def generate(self, conversations: list[Conversation], params: GenerationParams) -> list[Reply]:
-        return [self._one(c) for c in conversations]
+        return self._api.run_batch(conversations, self._one)
 
     def _one(self, conversation: Conversation) -> Reply:
-        response = self._api.client.chat.completions.create(
-            model=self.model,
-            messages=conversation,
-            max_tokens=1,
-            temperature=0.0,
-            logprobs=True,
-            top_logprobs=20,
+        return self._api.request(
+            self._parse, messages=conversation, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=20
         )
-        content = (
-            response.choices[0].logprobs.content
-            if response.choices and response.choices[0].logprobs
-            else None
-        )
+
+    def _parse(self, response) -> Reply:
+        from rlprompt.targets.openai_api import first_choice
+
+        logprobs = getattr(first_choice(response), "logprobs", None)  # no choices at all: retried
+        content = logprobs.content if logprobs else None
         if not content:
             raise UserError(
                 f"{self.target_id}: the server returned no logprobs. The judge and customer rewards need "
@@ -148,7 +166,7 @@ class OpenAIChoiceScorer:
                 "instead (reward.judge_model / reward.customer_model) or drop the module from reward.modules"
             )
         per_label = [0.0] * len(self.choices.labels)
-        for top in content[0].top_logprobs:
+        for top in content[0].top_logprobs or []:
             index = self._forms.get(top.token.strip())
             if index is not None:
                 per_label[index] += math.exp(top.logprob)

@@ -43,6 +43,23 @@ class ActionSpace(Protocol):
     def decode(self, actions: torch.Tensor) -> str: ...
 
 
+def check_policy(cfg: PolicyConfig) -> None:
+    """Cross-field policy checks that need no model (start-up: scripts, comparison plans, the policy).
+
+    `policy.head=lora` changes the backbone, so every PPO update recomputes the states
+    teacher-forced (`teacher_forced_hidden`); an action space without it would fail only at the
+    first update.
+    """
+    space = ACTION_SPACES.get(cfg.action_space)  # unknown name: the error lists the valid ones
+    if cfg.head == "lora" and not callable(getattr(space, "teacher_forced_hidden", None)):
+        raise ConfigError(
+            f"policy.head=lora cannot be combined with policy.action_space={cfg.action_space}: LoRA "
+            "changes the backbone, so PPO recomputes its states teacher-forced, which only "
+            "policy.action_space=tokens supports. Use policy.action_space=tokens (policy=lora), or keep "
+            f"policy.action_space={cfg.action_space} with policy.head=mlp or policy.head=residual_mlp"
+        )
+
+
 def encode_prefixes(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
     """Left-padded ids; BOS added unless the (chat-templated) text already starts with it."""
     bos = tokenizer.bos_token
@@ -116,9 +133,11 @@ class TokenActions:
 
     def teacher_forced_hidden(self, backbone, prefix_texts: list[str], actions: torch.Tensor) -> torch.Tensor:
         """States before each action, recomputed in one pass (for adapters that change the backbone)."""
-        enc = encode_prefixes(self.tokenizer, prefix_texts)
-        ids = torch.cat([enc["input_ids"], actions[:, :-1]], dim=1)
-        mask = torch.cat([enc["attention_mask"], torch.ones_like(actions[:, :-1])], dim=1)
+        enc = encode_prefixes(self.tokenizer, prefix_texts)  # on the CPU
+        device = backbone.device
+        actions = actions.to(device)
+        ids = torch.cat([enc["input_ids"].to(device), actions[:, :-1]], dim=1)
+        mask = torch.cat([enc["attention_mask"].to(device), torch.ones_like(actions[:, :-1])], dim=1)
         out = backbone(
             input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True
         )

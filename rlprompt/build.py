@@ -42,6 +42,17 @@ def _openai_target(cfg: TargetConfig, retry_counter: CallCounter) -> Target:
     )
 
 
+def check_run(run: RunConfig) -> None:
+    """Cross-field checks `config.validate` cannot make (it checks each field's name and type).
+
+    Cheap and model-free, so entry points call it right after `validate`: a combination that
+    cannot work fails at start-up, not after models load or other methods have run.
+    """
+    from rlprompt.action_spaces import check_policy
+
+    check_policy(run.policy)
+
+
 def build_cache(cfg: CacheConfig) -> ResponseCache | None:
     if not cfg.enabled:
         return None

@@ -9,15 +9,21 @@ Fairness rules (docs/OPTIMIZERS.md):
 - evaluation is greedy, on `eval.max_scenarios` evenly spread scenarios of `test` and
   `heldout_persona`, identical for every method and seed, so differences are paired.
 
-Aggregation over seeds: the method's reward is the mean over seeds of the per-seed means; its
-CI is a percentile bootstrap over the pooled per-scenario rewards of all seeds; the win rate and
-the paired difference against the hand-written prompt pool the (scenario, seed) pairs.
+Aggregation over seeds: the method's reward is the mean over seeds of the per-seed means. Every
+seed is scored on the same scenarios, so (scenario, seed) values are not independent: the CIs
+resample *scenarios* as clusters (each bootstrap draw picks scenarios with replacement and takes
+all seeds' values for each), which — the design being balanced — is the bootstrap of the
+per-scenario means over seeds. The test against the hand-written prompt is the paired
+difference (method − manual on the same scenarios) with that cluster CI: a CI that excludes 0
+is a difference; two overlapping reward CIs are not a test. The win rate pools the (scenario,
+seed) pairs (descriptive).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from rlprompt.build import build_cache, build_target, generation_params, set_threads
+from rlprompt.build import build_cache, build_target, check_run, generation_params, set_threads
 from rlprompt.checkpoint import write_json
-from rlprompt.config import RunConfig
-from rlprompt.evaluation import EvalResult, bootstrap_ci, evaluate
+from rlprompt.config import OptimizerConfig, RunConfig
+from rlprompt.evaluation import EvalResult, Interval, bootstrap_ci, evaluate
 from rlprompt.optimizers.base import OptimizerResult, run_optimizer
 from rlprompt.rewards.factory import reward_from_config
 from rlprompt.task import Task, load_task
@@ -65,11 +71,15 @@ MODES: dict[str, tuple[MethodSpec, ...]] = {
         MethodSpec("opro", ("optimizer=opro",)),
         MethodSpec("bandit", ("optimizer=bandit",)),
     ),
-    # RLPrompt's stabilizer ablation: each PPO ingredient switched off in turn.
+    # RLPrompt's stabilizer ablation: each PPO ingredient switched off in turn, exactly one per
+    # variant (checked by `plan_runs`). With the z-score on, |z| <= sqrt(G-1) < reward_clip, so the
+    # clip never fires in `ppo`; left at 3 without the z-score it would cap the shaped rewards
+    # (in [0, 5]) and change a second thing: ppo-no-zscore switches the inert clip off too. A
+    # ppo-no-clip variant would equal ppo at G <= 10, so there is none (docs/OPTIMIZERS.md).
     "ablation": (
         MethodSpec("manual", ("optimizer=manual",)),
         MethodSpec("ppo", _PPO),
-        MethodSpec("ppo-no-zscore", (*_PPO, "optimizer.zscore=false")),
+        MethodSpec("ppo-no-zscore", (*_PPO, "optimizer.zscore=false", "optimizer.reward_clip=0")),
         MethodSpec("ppo-no-kl", (*_PPO, "optimizer.kl_coef=0")),
         MethodSpec("ppo-no-entropy", (*_PPO, "optimizer.entropy_coef=0")),
     ),
@@ -104,7 +114,7 @@ def plan_runs(
 
     if mode not in MODES:
         raise ConfigError(f"unknown +mode '{mode}'. Valid modes: {', '.join(sorted(MODES))}")
-    return [
+    planned = [
         PlannedRun(
             spec.label,
             seed,
@@ -113,6 +123,52 @@ def plan_runs(
         for spec in MODES[mode]
         for seed in seeds
     ]
+    for plan in planned:  # before the first method runs, not when the broken one's turn comes
+        check_run(plan.run)
+    if mode == "ablation":
+        check_ablation(planned)
+    return planned
+
+
+def terms_in_effect(opt: OptimizerConfig) -> dict[str, bool]:
+    """Which PPO stabilizer / loss terms can change an update at these settings.
+
+    A stage is in effect when it can change what it receives. The reward clip acts on z-scores
+    when the z-score is on, and a population z-score over a group of G prompts satisfies
+    |z| <= sqrt(G - 1); without the z-score it acts on the shaped rewards in [0, shaping_scale]
+    (raw rewards, whose bounds are not known here, are assumed to reach it).
+    """
+    if opt.zscore:
+        reach = math.sqrt(max(opt.prompts_per_context - 1, 0))
+    else:
+        reach = opt.shaping_scale if opt.shaping else math.inf
+    return {
+        "shaping": opt.shaping,
+        "zscore": opt.zscore,
+        "reward_clip": 0 < opt.reward_clip < reach,
+        "kl": opt.kl_coef > 0,
+        "entropy": opt.entropy_coef > 0,
+    }
+
+
+def check_ablation(planned: list[PlannedRun]) -> None:
+    """Every `ppo-no-<term>` variant must differ from `ppo` in exactly that term's effect."""
+    from rlprompt.errors import ConfigError
+
+    full = {p.seed: terms_in_effect(p.run.optimizer) for p in planned if p.label == "ppo"}
+    for plan in planned:
+        if not plan.label.startswith("ppo-no-"):
+            continue
+        variant = terms_in_effect(plan.run.optimizer)
+        changed = sorted(k for k, on in variant.items() if on != full[plan.seed][k])
+        if changed != [plan.label.removeprefix("ppo-no-")]:
+            raise ConfigError(
+                f"+mode=ablation: {plan.label} would change {changed or 'nothing'} relative to ppo "
+                f"(terms in effect in ppo: {full[plan.seed]}); each variant must switch off exactly "
+                "one term. With the z-score on, the reward clip fires only when optimizer.reward_clip "
+                "< sqrt(optimizer.prompts_per_context - 1): keep prompts_per_context <= 10 at "
+                "reward_clip=3 (docs/OPTIMIZERS.md, ablation)"
+            )
 
 
 def run_comparison(planned: list[PlannedRun], out_dir: Path) -> dict[str, Any]:
@@ -159,6 +215,23 @@ def evaluate_all(run: RunConfig, records: dict[str, MethodRecord]) -> dict[str, 
         for result in record.results:
             record.evals.append({split: score(prompt_lookup(result.prompts), split) for split in EVAL_SPLITS})
         eval_seconds[record.label] = time.perf_counter() - t0
+    eval_stats = {
+        "eval_calls": target.counter.calls,
+        "eval_cache_hits": target.counter.cache_hits,
+        "eval_seconds": time.perf_counter() - started,
+    }
+    return assemble_results(run, task, records, reference, eval_seconds, eval_stats)
+
+
+def assemble_results(
+    run: RunConfig,
+    task: Task,
+    records: dict[str, MethodRecord],
+    reference: dict[str, EvalResult],
+    eval_seconds: dict[str, float],
+    eval_stats: dict[str, Any],
+) -> dict[str, Any]:
+    """results.json from evaluated records (pure: no model, no target)."""
     methods = {
         label: summarize(
             record, task, reference, run.eval.confidence, run.eval.bootstrap, eval_seconds[label]
@@ -174,12 +247,11 @@ def evaluate_all(run: RunConfig, records: dict[str, MethodRecord]) -> dict[str, 
         "target_model": run.target.model,
         "reward": dict(run.reward.modules),
         "aggregation": (
-            "reward = mean over seeds of the per-seed mean; 95% CI = percentile bootstrap over the pooled "
-            "per-scenario rewards of all seeds; win rate and difference vs manual pool (scenario, seed) pairs"
+            "reward = mean over seeds of the per-seed mean; 95% CI = percentile bootstrap over scenarios as "
+            "clusters (all seeds' values of a drawn scenario together); Δ vs manual = paired difference on "
+            "the same scenarios with the same cluster CI (the test); win rate pools (scenario, seed) pairs"
         ),
-        "eval_calls": target.counter.calls,
-        "eval_cache_hits": target.counter.cache_hits,
-        "eval_seconds": time.perf_counter() - started,
+        **eval_stats,
         "personas": [p.name for p in task.personas],
         "stages": [s.name for s in task.stages],
         "components": [{"name": c.name, "phrase": c.phrase} for c in task.components],
@@ -199,18 +271,21 @@ def summarize(
     splits: dict[str, Any] = {}
     for split in EVAL_SPLITS:
         runs = [e[split] for e in record.evals]
-        pooled = np.concatenate([r.rewards for r in runs])
-        diffs = np.concatenate([r.rewards - reference[split].rewards for r in runs])
-        ci = bootstrap_ci(pooled, confidence, n_boot)
+        values = seed_matrix(runs, reference[split])  # (seeds, scenarios)
+        diffs = values - reference[split].rewards[None, :]
+        ci = cluster_bootstrap_ci(values, confidence, n_boot)
+        diff = cluster_bootstrap_ci(diffs, confidence, n_boot)
         splits[split] = {
-            "n": len(pooled),
-            "mean": float(np.mean([r.rewards.mean() for r in runs])),
+            "n": values.size,  # (scenario, seed) pairs
+            "n_scenarios": values.shape[1],
+            "mean": float(values.mean(axis=1).mean()),
             "ci_low": ci.low,
             "ci_high": ci.high,
             "per_seed": [float(r.rewards.mean()) for r in runs],
             "parts": {k: float(np.mean([r.parts[k].mean() for r in runs])) for k in runs[0].parts},
-            "win_rate_vs_manual": float(((diffs > 0).sum() + 0.5 * (diffs == 0).sum()) / len(diffs)),
-            "diff_vs_manual": bootstrap_ci(diffs, confidence, n_boot).as_dict(),
+            "win_rate_vs_manual": float(((diffs > 0).sum() + 0.5 * (diffs == 0).sum()) / diffs.size),
+            "diff_vs_manual": diff.as_dict(),
+            "verdict_vs_manual": verdict(diff),
             "cells": cell_means(runs, task),
         }
     results = record.results
@@ -224,6 +299,34 @@ def summarize(
         "prompts": {str(r.seed): r.prompts for r in results},
         "extra": {str(r.seed): r.extra for r in results},
     }
+
+
+def seed_matrix(runs: list[EvalResult], reference: EvalResult) -> np.ndarray:
+    """Per-seed rewards as a (seeds, scenarios) matrix; every seed must score the reference's scenarios."""
+    for r in runs:
+        if r.scenario_ids != reference.scenario_ids:
+            raise ValueError(f"split {r.split}: seeds were scored on different scenarios than the reference")
+    return np.stack([np.asarray(r.rewards, dtype=np.float64) for r in runs])
+
+
+def cluster_bootstrap_ci(values: np.ndarray, confidence: float = 0.95, n_boot: int = 2000) -> Interval:
+    """Percentile bootstrap of the mean of a (seeds, scenarios) matrix, scenarios as clusters.
+
+    A draw picks scenarios with replacement and keeps every seed's value for each. With the same
+    seeds for every scenario, the mean of such a draw is the mean of the drawn per-scenario means,
+    so this is exactly the bootstrap of `values.mean(axis=0)`: repeating a scenario across seeds
+    adds no independent evidence, and the CI does not narrow as if it did.
+    """
+    return bootstrap_ci(np.asarray(values, dtype=np.float64).mean(axis=0), confidence, n_boot)
+
+
+def verdict(diff: Interval) -> str:
+    """The paired test: is the difference's CI entirely above or below 0?"""
+    if diff.low > 0:
+        return "better"
+    if diff.high < 0:
+        return "worse"
+    return "no detectable difference"
 
 
 def cell_means(runs: list[EvalResult], task: Task) -> dict[str, float]:

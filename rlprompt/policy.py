@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from rlprompt.action_spaces import ACTION_SPACES, ActionSpace
+from rlprompt.action_spaces import ACTION_SPACES, ActionSpace, check_policy
 from rlprompt.config import PolicyConfig
 from rlprompt.errors import ConfigError
 from rlprompt.task import Task
@@ -61,6 +61,7 @@ class PromptPolicy(nn.Module):
 
     def __init__(self, cfg: PolicyConfig, task: Task, backbone, tokenizer) -> None:
         super().__init__()
+        check_policy(cfg)  # e.g. head=lora needs action_space=tokens: refuse before touching the model
         self.cfg = cfg
         self.task = task
         self.tokenizer = tokenizer
@@ -74,8 +75,6 @@ class PromptPolicy(nn.Module):
         else:
             raise ConfigError(f"unknown policy.head '{cfg.head}'. Valid heads: lora, mlp, residual_mlp")
         self.actions: ActionSpace = ACTION_SPACES.get(cfg.action_space)(cfg, task, backbone, tokenizer)
-        if cfg.head == "lora" and not self.actions.cacheable_hidden:
-            raise ConfigError("policy.head=lora works with policy.action_space=tokens only")
         self.head.to(self.backbone.device)
         # π_init for the KL penalty: a frozen copy of the head as it starts.
         self.ref_head = copy.deepcopy(self.head).requires_grad_(False)

@@ -41,23 +41,30 @@ def _ci(entry: dict[str, Any]) -> str:
     return f"{entry['mean']:.3f} ± {half:.3f}"
 
 
+def _diff(entry: dict[str, Any]) -> str:
+    """The paired test against the hand-written prompt: Δ [CI] and its verdict."""
+    d = entry["diff_vs_manual"]
+    verdict = entry.get("verdict_vs_manual", "")  # absent in results.json from older versions
+    return f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] {verdict}".rstrip()
+
+
 def main_table(results: dict[str, Any]) -> str:
     splits = results["splits"]
     head = (
         ["method"]
         + [f"{s} reward ± 95% CI" for s in splits]
+        + [f"Δ vs manual ({s})" for s in splits]
         + [f"win vs manual ({s})" for s in splits]
-        + ["Δ vs manual (test)", "target calls", "optimizer-LLM calls", "optimize s", "eval s"]
+        + ["target calls", "optimizer-LLM calls", "optimize s", "eval s"]
     )
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, m in results["methods"].items():
-        diff = m["splits"][splits[0]]["diff_vs_manual"]
         cells = (
             [label]
             + [_ci(m["splits"][s]) for s in splits]
+            + [_diff(m["splits"][s]) for s in splits]
             + [f"{m['splits'][s]['win_rate_vs_manual']:.2f}" for s in splits]
             + [
-                f"{diff['mean']:+.3f} [{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}]",
                 f"{m['target_calls']:.0f}",
                 f"{m['optimizer_llm_calls']:.0f}",
                 f"{m['optimize_seconds']:.0f}",
@@ -107,6 +114,10 @@ def markdown(results: dict[str, Any]) -> str:
             f"{results['eval_calls']} evaluation calls (+{results['eval_cache_hits']} cache hits), "
             f"not charged to any budget, {results['eval_seconds']:.0f} s",
             f"- aggregation: {results['aggregation']}",
+            "- the test: Δ vs manual is the paired difference (method − hand-written prompt on the same "
+            "scenarios) with its 95% cluster-bootstrap CI; *better* / *worse* when that CI excludes 0, "
+            "else *no detectable difference*. Do not read overlapping reward CIs as a test: two "
+            "methods scored on the same scenarios can differ clearly while their CIs overlap",
             "- win rate: share of (scenario, seed) pairs where the method beats the hand-written prompt "
             "(ties count half)",
             "",

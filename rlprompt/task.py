@@ -20,6 +20,8 @@ from rlprompt.errors import ConfigError
 
 SPLITS = ("train", "val", "test", "heldout_persona")
 MIN_SCENARIOS_PER_CONTEXT = 4  # docs/TASK_FORMAT.md
+# UTF-8 whatever the locale; a leading byte-order mark (spreadsheet tools write one) is dropped.
+TEXT_ENCODING = "utf-8-sig"
 EXPECTS = {"question", "next_step", "value", "reassurance"}
 
 
@@ -219,7 +221,7 @@ def load_task(name: str, path: str | None = None) -> Task:
     folder = resolve_task_folder(name, path)
     domain_file = folder / "domain.yaml"
     try:
-        raw = yaml.safe_load(domain_file.read_text())
+        raw = yaml.safe_load(_read_text(domain_file))
     except yaml.YAMLError as err:
         raise ConfigError(f"{domain_file}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
@@ -334,13 +336,20 @@ class _Fields:
             )
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding=TEXT_ENCODING)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err}); save it as UTF-8") from err
+
+
 def _load_scenarios(path: Path) -> list[Scenario]:
     if not path.exists():
         raise ConfigError(
             f"{path}: scenario file is missing (one JSON object per line, see docs/TASK_FORMAT.md)"
         )
     scenarios = []
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -77,30 +77,37 @@ class Matrix:
 def load_prompt_sets(paths: list[str | Path]) -> list[PromptSet]:
     """Exports, prompts.json files, run folders or comparison reports → labelled rows.
 
-    Labels are "method @ source model"; two sets that would share a label (e.g. the same method
-    trained against different targets) get the training target appended, then a counter.
+    Labels are "method @ source model" (in a comparison report, the report's method label, with
+    "-seed<n>" when a method ran several seeds: ablation variants all say method "ppo"); two sets
+    that would share a label (e.g. the same method trained against different targets) get the
+    training target appended, then a counter.
     """
-    found: list[tuple[dict, str]] = []
+    found: list[tuple[dict, str, str]] = []  # (prompts, source file, method label)
     for raw in paths:
         path = Path(raw)
         if path.is_dir() and not any((path / name).is_file() for name in DIRECT_FILES):
             exports = sorted(path.glob(f"*/{EXPORT_JSON}"))  # an export of a comparison report
-            if exports:
-                found.extend((load_exported(p), str(p)) for p in exports)
-            else:  # a comparison report: prompts/<method>.json
-                found.extend((prompts, str(path)) for prompts, _, _ in prompt_sources(path))
+            for export in exports:
+                prompts = load_exported(export)
+                found.append((prompts, str(export), export.parent.name))  # the report's label
+            if not exports:  # a comparison report: prompts/<method>.json or results.json
+                for src in prompt_sources(path):
+                    file = path / "prompts" / f"{src.name}.json"
+                    source = file if file.is_file() else path / "results.json"
+                    found.append((src.prompts, str(source), src.name or src.prompts["method"]))
         else:
-            found.append((load_exported(path), str(path)))
+            prompts = load_exported(path)
+            found.append((prompts, str(path), prompts["method"]))
     if not found:
         raise ConfigError("transfer needs at least one prompt set (+prompts=[...])")
-    labels = [f"{p['method']} @ {p['source_model']}" for p, _ in found]
+    labels = [f"{name} @ {p['source_model']}" for p, _, name in found]
     dupes = {x for x in labels if labels.count(x) > 1}
     labels = [
-        f"{x} (trained on {p['target_model']})" if x in dupes else x for x, (p, _) in zip(labels, found)
+        f"{x} (trained on {p['target_model']})" if x in dupes else x for x, (p, _, _) in zip(labels, found)
     ]
     seen: dict[str, int] = {}
     rows = []
-    for label, (prompts, source) in zip(labels, found):
+    for label, (prompts, source, _) in zip(labels, found):
         seen[label] = seen.get(label, 0) + 1
         final = label if seen[label] == 1 else f"{label} #{seen[label]}"
         rows.append(PromptSet(final, prompts, source))

@@ -55,8 +55,11 @@ def train(cfg: DictConfig) -> None:
 
 def preflight(run) -> None:
     """Cheap checks that would otherwise fail after training (eval splits) or deep in a build."""
+    from rlprompt.build import check_run
     from rlprompt.errors import ConfigError, UserError
     from rlprompt.task import load_task
+
+    check_run(run)  # cross-field combinations (policy.head=lora needs policy.action_space=tokens)
 
     task = load_task(run.task.name, run.task.path)
     for split in ["train", *run.eval.splits]:

@@ -18,6 +18,10 @@ Faults (one entry = one HTTP request):
   drop            the connection closes without any response
   echo_key        401 whose error message repeats the Authorization header (a careless server)
 
+A request with `"logprobs": true` gets, on a healthy answer, the server's `logprobs` (token →
+probability) as the answer token's top logprobs (for the judge / customer choice scorers);
+without `logprobs` set, the server does not support them and returns none.
+
 Every request is recorded (`requests`: fault, Authorization header, parsed body).
 """
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import socket
 import threading
 import time
@@ -60,7 +65,12 @@ class FaultServer:
     """`with FaultServer(["429", "drop"]) as server: ... server.base_url ...`"""
 
     def __init__(
-        self, faults: list[str] | None = None, default: str = "ok", sleep_s: float = 2.0, retry_after="0"
+        self,
+        faults: list[str] | None = None,
+        default: str = "ok",
+        sleep_s: float = 2.0,
+        retry_after="0",
+        logprobs: dict[str, float] | None = None,
     ) -> None:
         for fault in [*(faults or []), default]:
             if fault not in FAULTS:
@@ -69,6 +79,7 @@ class FaultServer:
         self.default = default
         self.sleep_s = sleep_s
         self.retry_after = retry_after
+        self.logprobs = logprobs
         self.requests: list[dict] = []
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -183,9 +194,8 @@ class FaultServer:
             return
         self._send(handler, 200, completion)
 
-    @staticmethod
-    def _completion(body: dict, text: str) -> dict:
-        return {
+    def _completion(self, body: dict, text: str) -> dict:
+        completion = {
             "id": "chatcmpl-fault",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -199,6 +209,11 @@ class FaultServer:
             ],
             "usage": {"prompt_tokens": 7, "completion_tokens": len(text.split()), "total_tokens": 0},
         }
+        if body.get("logprobs") and self.logprobs:
+            top = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in self.logprobs.items()]
+            completion["choices"][0]["message"]["content"] = top[0]["token"]
+            completion["choices"][0]["logprobs"] = {"content": [{**top[0], "top_logprobs": top}]}
+        return completion
 
     def _send(self, handler, status: int, payload, headers: dict | None = None) -> None:
         self._send_raw(handler, status, json.dumps(payload).encode(), "application/json", headers)

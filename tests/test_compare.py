@@ -10,17 +10,82 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 
-from rlprompt.comparison import MODES, plan_runs
+from rlprompt.checkpoint import write_json
+from rlprompt.comparison import EVAL_SPLITS, MODES, MethodRecord, assemble_results, plan_runs
 from rlprompt.config import validate
+from rlprompt.evaluation import EvalResult, select_scenarios
+from rlprompt.optimizers.base import OptimizerResult
+from rlprompt.report import write_report
+from rlprompt.task import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def composer(extra: list[str]):
     return validate(compose(config_name="config", overrides=extra))
+
+
+def fake_report(out: Path, seeds: dict[str, list[int]], reward=None, max_scenarios: int = 6) -> dict:
+    """A comparison report folder laid out exactly as `run_comparison` writes it, without models.
+
+    `seeds` maps method label → seeds; `reward(label, seed, i)` gives scenario i's reward (default: a
+    deterministic pseudo-random value). Every method's prompts.json names the optimizer ("ppo" for
+    every ablation variant), as the real optimizers do.
+    """
+    from tests.test_export import hand_made
+
+    run = validate({"eval": {"max_scenarios": max_scenarios, "bootstrap": 400}})
+    task = load_task("car_sales")
+    if reward is None:
+
+        def reward(label, seed, i):
+            return float(np.random.default_rng([len(label), seed, i]).uniform())
+
+    def result_for(split, value):
+        scenarios = select_scenarios(task, split, max_scenarios)
+        rewards = np.array([value(i) for i in range(len(scenarios))])
+        return EvalResult(
+            split, [x.id for x in scenarios], rewards, {"rubric": rewards}, [None] * len(rewards)
+        )
+
+    records, reference = {}, {}
+    for split in EVAL_SPLITS:
+        reference[split] = result_for(split, lambda i: reward("manual", 0, i))
+    for label, label_seeds in seeds.items():
+        record = records[label] = MethodRecord(label)
+        for seed in label_seeds:
+            prompts = hand_made(label.split("-")[0], f"learned by {label} seed {seed}")
+            run_dir = out / "runs" / label / f"seed{seed}"
+            result = OptimizerResult(prompts["method"], seed, prompts, [(0, 0.1), (8, 0.2)], 8, 24)
+            result.run_dir = str(run_dir)
+            run_dir.mkdir(parents=True)
+            write_json(run_dir / "prompts.json", prompts)
+            write_json(run_dir / "result.json", result.to_dict())
+            record.results.append(result)
+            record.evals.append(
+                {
+                    split: result_for(split, lambda i, lb=label, sd=seed: reward(lb, sd, i))
+                    for split in EVAL_SPLITS
+                }
+            )
+    results = assemble_results(
+        run,
+        task,
+        records,
+        reference,
+        dict.fromkeys(seeds, 1.0),
+        {"eval_calls": 1, "eval_cache_hits": 0, "eval_seconds": 1.0},
+    )
+    (out / ".hydra").mkdir(parents=True, exist_ok=True)
+    (out / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "task": {"name": "car_sales"}}))
+    write_json(out / "results.json", results)
+    write_report(out, results)
+    return results
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
@@ -41,6 +106,7 @@ def test_plans_compose_from_the_real_configs(mode):
         assert by_label["components"].policy.action_space == "components"
     else:
         assert not by_label["ppo-no-zscore"].optimizer.zscore
+        assert by_label["ppo-no-zscore"].optimizer.reward_clip == 0
         assert by_label["ppo-no-kl"].optimizer.kl_coef == 0
         assert by_label["ppo-no-entropy"].optimizer.entropy_coef == 0
         assert by_label["ppo"].optimizer.zscore and by_label["ppo"].optimizer.kl_coef > 0
@@ -102,3 +168,101 @@ def test_small_real_comparison_writes_the_whole_report(tmp_path):
     table = [line for line in report.splitlines() if line.startswith("| ")]
     for label in labels:
         assert any(line.startswith(f"| {label} |") for line in table), label
+
+
+def test_seed_ci_resamples_scenarios_as_clusters(tmp_path):
+    """Seeds that agree per scenario add no information: the CI must be that of the scenario means."""
+    from rlprompt.evaluation import bootstrap_ci
+
+    def scenario_value(label, i):  # the same for every seed: seeds perfectly correlated per scenario
+        return float(np.random.default_rng([len(label), i]).uniform()) + (0.05 if label == "ppo" else 0.0)
+
+    results = fake_report(tmp_path, {"ppo": [0, 1, 2, 3]}, lambda label, seed, i: scenario_value(label, i))
+    n_boot = 400
+    for split in EVAL_SPLITS:
+        entry = results["methods"]["ppo"]["splits"][split]
+        n = entry["n"] // 4  # (scenario, seed) pairs
+        per_scenario = np.array([scenario_value("ppo", i) for i in range(n)])
+        manual = np.array([scenario_value("manual", i) for i in range(n)])
+        naive = bootstrap_ci(np.tile(per_scenario, 4), 0.95, n_boot)  # (scenario, seed) pairs as independent
+        cluster = bootstrap_ci(per_scenario, 0.95, n_boot)
+        assert (entry["ci_low"], entry["ci_high"]) == pytest.approx((cluster.low, cluster.high))
+        assert entry["ci_high"] - entry["ci_low"] > 1.5 * (naive.high - naive.low)
+        diff = entry["diff_vs_manual"]
+        expected = bootstrap_ci(per_scenario - manual, 0.95, n_boot)
+        assert (diff["ci_low"], diff["ci_high"]) == pytest.approx((expected.low, expected.high))
+
+
+def test_report_tests_each_split_by_the_paired_difference(tmp_path):
+    """The report's test against the hand-written prompt is the paired Δ with its CI, on every split."""
+    results = fake_report(
+        tmp_path, {"manual": [0], "better": [0, 1], "same": [0]},
+        lambda label, seed, i: (i % 3) / 3 + (0.2 if label == "better" else 0.0),
+    )  # fmt: skip
+    report = (tmp_path / "report.md").read_text()
+    for split in EVAL_SPLITS:
+        assert f"Δ vs manual ({split})" in report
+        assert results["methods"]["better"]["splits"][split]["verdict_vs_manual"] == "better"
+        assert results["methods"]["same"]["splits"][split]["verdict_vs_manual"] == "no detectable difference"
+    better = next(line for line in report.splitlines() if line.startswith("| better |"))
+    assert better.count("+0.200 [+0.200, +0.200] better") == len(EVAL_SPLITS)
+    assert "overlap" in report  # says why overlapping CIs are not the test
+
+
+def _terms_in_effect(opt) -> dict[str, bool]:
+    """Measured on rlprompt.ppo.stabilize: does each stabilizer / loss term change anything?"""
+    import dataclasses
+
+    import torch
+
+    from rlprompt.ppo import StabilizerConfig, stabilize
+
+    group_size = opt.prompts_per_context
+    reward = torch.rand(400 * group_size, generator=torch.Generator().manual_seed(0))  # raw, in [0, 1]
+    reward[:group_size] = torch.eye(group_size)[0]  # one prompt apart: the largest |z|, sqrt(G-1)
+    group = torch.arange(400).repeat_interleave(group_size)
+    cfg = StabilizerConfig(opt.shaping, opt.shaping_scale, opt.zscore, opt.reward_clip)
+    stabilized = stabilize(reward, group, 0.0, 1.0, cfg)
+    unclipped = stabilize(reward, group, 0.0, 1.0, dataclasses.replace(cfg, reward_clip=0.0))
+    return {
+        "shaping": opt.shaping,
+        "zscore": opt.zscore,
+        "reward_clip": not torch.equal(stabilized, unclipped),
+        "kl": opt.kl_coef > 0,
+        "entropy": opt.entropy_coef > 0,
+    }
+
+
+def test_every_ablation_switches_off_exactly_one_term():
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        planned = plan_runs(composer, [], budget=40, seeds=[0], mode="ablation")
+    runs = {p.label: p.run.optimizer for p in planned}
+    full = _terms_in_effect(runs["ppo"])
+    assert full == {"shaping": True, "zscore": True, "reward_clip": False, "kl": True, "entropy": True}
+    for label, opt in runs.items():
+        if label in ("manual", "ppo"):
+            continue
+        variant = _terms_in_effect(opt)
+        changed = sorted(k for k in full if variant[k] != full[k])
+        assert changed == [label.removeprefix("ppo-no-")], (label, changed)
+
+
+def test_terms_in_effect_match_the_stabilizer_and_guard_the_ablation():
+    from rlprompt.comparison import terms_in_effect
+    from rlprompt.config import OptimizerConfig
+    from rlprompt.errors import ConfigError
+
+    for opt in [
+        OptimizerConfig(),
+        OptimizerConfig(zscore=False),
+        OptimizerConfig(prompts_per_context=11),  # sqrt(10) > 3: the clip can fire on z-scores
+        OptimizerConfig(prompts_per_context=10),  # sqrt(9) = 3: it cannot
+        OptimizerConfig(zscore=False, shaping_scale=2.0),
+        OptimizerConfig(zscore=False, reward_clip=0.0),
+    ]:
+        assert terms_in_effect(opt) == _terms_in_effect(opt), opt
+    with (
+        initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"),
+        pytest.raises(ConfigError, match=r"ppo-no-zscore would change \['reward_clip', 'zscore'\]"),
+    ):
+        plan_runs(composer, ["optimizer.prompts_per_context=12"], budget=40, seeds=[0], mode="ablation")

@@ -181,3 +181,67 @@ def test_the_key_never_reaches_errors_or_logs(key, tmp_cache, caplog):
     assert "Sending HTTP Request" in caplog.text  # the client's DEBUG lines were captured ...
     assert "retrying" in caplog.text  # ... and so were the retries ...
     assert key not in caplog.text  # ... without the key
+
+
+# ---------------------------------------------------------------------- the judge / customer scorers
+
+YES_NO = {"Yes": 0.6, " no": 0.2, "maybe": 0.1}  # mass on the labels 0.8: P(Yes) = 0.75
+
+
+def _judge_reward(server: FaultServer, modules: dict[str, float]):
+    from rlprompt.config import RewardConfig
+    from rlprompt.rewards.factory import reward_from_config
+    from rlprompt.task import load_task
+
+    endpoint = {"name": "openai", "base_url": server.base_url, "api_key_env": KEY_ENV, "timeout_s": 5.0}
+    cfg = RewardConfig(modules=modules, options={m: {"endpoint": endpoint} for m in modules})
+    task = load_task("car_sales")
+    return reward_from_config(cfg, task, None), task
+
+
+def test_the_choice_scorer_retries_through_429_and_5xx_and_counts_them(key):
+    from rlprompt.rewards.base import Sample
+
+    with FaultServer(["429", "500"], logprobs={"4": 0.5, "5": 0.3, "x": 0.1}) as server:
+        setup, task = _judge_reward(server, {"judge": 1.0})
+        scenario = task.split("val")[0]
+        sample = Sample(
+            scenario, [{"role": "user", "content": scenario.customer}, {"role": "assistant", "content": "Hi"}]
+        )
+        [score] = setup.reward.score([sample]).total.tolist()
+        assert score == pytest.approx(((4 * 0.5 + 5 * 0.3) / 0.8 - 1) / 4, abs=1e-5)
+        assert server.count() == 3 and server.count("429") == 1 and server.count("500") == 1
+        body = server.requests[-1]["body"]
+        assert (body["logprobs"], body["top_logprobs"], body["max_tokens"]) == (True, 20, 1)
+        judge = setup.counters["judge"]
+        assert (judge.calls, judge.retries) == (1, 2)  # one logical call, two retries on the role's counter
+
+
+def test_the_choice_scorer_never_shows_the_key_and_refuses_a_server_without_logprobs(key):
+    from rlprompt.errors import UserError
+    from rlprompt.rewards.llm import Choices, OpenAIChoiceScorer, choice_probs
+
+    def scorer(server: FaultServer) -> CachedTarget:
+        inner = OpenAIChoiceScorer(Choices.of(["Yes", "No"]), "fault-model", server.base_url, KEY_ENV, 5.0)
+        return CachedTarget(inner, None, CallCounter(role="customer"))
+
+    with FaultServer([], default="echo_key", logprobs=YES_NO) as server:
+        with pytest.raises(Exception) as info:  # the type is checked below, after the key
+            choice_probs(scorer(server), conversations(2, "secret"))
+        assert server.requests[-1]["authorization"] == f"Bearer {key}"  # the key was really sent
+        echoed = server.count("echo_key")
+    error = info.value
+    while error is not None:  # nowhere in the message or the chain
+        assert key not in str(error) and key not in repr(error), f"key leaked: {error!r}"
+        error = error.__cause__ or error.__context__
+    assert echoed == 2  # both calls answered with the key echoed back, neither retried (a 401)
+    assert isinstance(info.value, TargetError), repr(info.value)
+    assert "invalid api key: Bearer ***" in str(info.value)
+
+    with FaultServer(["ok"], logprobs=YES_NO) as server:  # healthy: P(Yes) = 0.6 / 0.8
+        [(probs, mass)] = choice_probs(scorer(server), conversations(1, "healthy"))
+        assert probs == pytest.approx([0.75, 0.25]) and mass == pytest.approx(0.8)
+    with FaultServer([]) as server:  # no logprobs support: a user error at once, not retried
+        with pytest.raises(UserError, match="returned no logprobs"):
+            choice_probs(scorer(server), conversations(1, "no logprobs"))
+        assert server.count() == 1

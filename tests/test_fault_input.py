@@ -270,3 +270,49 @@ def test_check_overrides_accepts_valid_overrides():
         ConfigError, match=r"unknown policy 'token'.*Valid policy names: components, lora, tokens"
     ):
         check_overrides(["policy=token"], configs)
+
+
+LORA_FIELDS = (
+    "policy.head=lora",
+    "policy.action_space=components",
+    "policy.action_space=tokens",
+    "policy.head=mlp",
+)
+
+
+def test_lora_with_component_actions_is_refused_before_any_model_loads(tmp_path):
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, str(TRAIN), *QUICK, "policy=components", "policy.head=lora", "optimizer.steps=1",
+         "optimizer.contexts_per_step=1", "optimizer.prompts_per_context=2", "policy.prompt_length=1",
+         f"cache.path={tmp_path / 'c.sqlite'}", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert all(field in errors[0] for field in LORA_FIELDS), errors[0]
+    assert "ppo:" not in done.stderr  # refused at start-up, not after a rollout
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_lora_guard_in_the_policy_and_in_the_comparison_plan():
+    from hydra import compose, initialize_config_dir
+
+    from rlprompt.comparison import plan_runs
+    from rlprompt.config import PolicyConfig
+    from rlprompt.policy import PromptPolicy
+
+    cfg = PolicyConfig(action_space="components", head="lora")
+    with pytest.raises(ConfigError) as info:  # before the backbone is touched: None would fail later
+        PromptPolicy(cfg, load_task("car_sales"), backbone=None, tokenizer=None)
+    assert all(field in str(info.value) for field in LORA_FIELDS), str(info.value)
+    with (
+        initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"),
+        pytest.raises(ConfigError, match=r"policy\.head=lora.*policy\.action_space=components"),
+    ):
+        # the components method would fail only after every method before it had run
+        plan_runs(
+            lambda o: validate(compose(config_name="config", overrides=o)), ["policy.head=lora"], 24, [0]
+        )

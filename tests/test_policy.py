@@ -112,3 +112,36 @@ def test_lora_head_trains_adapter_weights_only(backbone, task):
     reference = policy.action_logits(rollout, reference=True)
     assert torch.allclose(reference, policy.action_logits(rollout), atol=1e-4)  # LoRA B starts at zero
     assert set(policy.trainable_state()) and all("lora_" in k for k in policy.trainable_state())
+
+
+def test_teacher_forced_hidden_feeds_the_backbone_on_its_device():
+    """LoRA on a GPU: the prefix ids (tokenized on the CPU) and the mask must reach the backbone's
+    device. A stub backbone on the `meta` device records what it is given."""
+    from types import SimpleNamespace
+
+    from rlprompt.action_spaces import TokenActions
+
+    class Tokenizer:
+        bos_token = None
+
+        def __call__(self, texts, **kwargs):
+            ids = torch.tensor([[5, 6, 7]] * len(texts))
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    class Backbone(torch.nn.Module):
+        device = torch.device("meta")
+
+        def forward(self, **inputs):
+            self.inputs = inputs
+            ids = inputs["input_ids"]
+            return SimpleNamespace(hidden_states=[torch.zeros(*ids.shape, 4, device=ids.device)])
+
+    space = TokenActions.__new__(TokenActions)  # only the tokenizer is needed for this pass
+    space.tokenizer = Tokenizer()
+    backbone = Backbone()
+    actions = torch.tensor([[1, 2, 3], [4, 5, 6]])  # (B, K) as sampled
+    hidden = space.teacher_forced_hidden(backbone, ["a", "b"], actions)
+    for name in ("input_ids", "attention_mask", "position_ids"):
+        assert backbone.inputs[name].device == backbone.device, name
+    assert backbone.inputs["input_ids"].shape == (2, 3 + 2)  # prefix + all actions but the last
+    assert hidden.shape == (2, 3, 4) and hidden.device == backbone.device

@@ -205,3 +205,14 @@ def test_context_with_too_few_scenarios_is_named(task_copy):
     message = _load_error(task_copy)
     assert str(path) in message
     assert "persona='Newbie' stage='Introduction' urgency='low' has 3 scenarios" in message
+
+
+def test_files_saved_with_a_utf8_byte_order_mark_load(task_copy, car_sales):
+    """Spreadsheet tools and Windows editors write a BOM; the task must load exactly as without it."""
+    for name in ("scenarios.jsonl", "domain.yaml"):
+        path = task_copy / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+        assert path.read_bytes()[:3] == b"\xef\xbb\xbf"
+    task = load_task("car_sales", path=str(task_copy))
+    assert task.scenarios == car_sales.scenarios  # the first line's id is "car-0001", not "\ufeffcar-0001"
+    assert task.personas == car_sales.personas and task.base_instruction == car_sales.base_instruction

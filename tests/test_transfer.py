@@ -18,7 +18,7 @@ import pytest
 
 from rlprompt.config import validate
 from rlprompt.errors import ConfigError
-from rlprompt.export import build_record, write_record
+from rlprompt.export import build_record, export, write_record
 from rlprompt.transfer import load_prompt_sets, target_spec, target_specs, transfer_matrix, write_matrix
 from tests.test_export import hand_made
 
@@ -163,3 +163,27 @@ def test_write_matrix_from_a_synthetic_matrix(tmp_path):
     assert Matrix(**json.loads(paths["json"].read_text())) == matrix
     assert "| b @ m | 0.500 [0.400, 0.600]<br>gain -0.100 [-0.200, +0.000] |" in paths["md"].read_text()
     assert matplotlib.image.imread(paths["png"]).ndim == 3
+
+
+def test_comparison_report_folder_gives_one_row_per_method_and_seed(tmp_path):
+    from tests.test_compare import fake_report
+
+    report = tmp_path / "report"
+    fake_report(report, {"manual": [0], "ppo": [0, 1], "ppo-no-kl": [0]})
+    assert (report / "report.md").is_file() and not (report / "prompts").exists()
+    sets = load_prompt_sets([report])
+    assert [s.label for s in sets] == [
+        "manual @ smollm2-135m-instruct",
+        "ppo-seed0 @ smollm2-135m-instruct",
+        "ppo-seed1 @ smollm2-135m-instruct",
+        "ppo-no-kl @ smollm2-135m-instruct",
+    ]
+    texts = [s.prompts["task_level"]["text"] for s in sets]
+    assert texts[1:] == ["learned by ppo seed 0", "learned by ppo seed 1", "learned by ppo-no-kl seed 0"]
+    assert all(s.source == str(report / "results.json") for s in sets)
+    export(report)  # the report's export folder gives the same rows
+    exported = load_prompt_sets([report / "export"])
+    assert [s.label for s in exported] == sorted(s.label for s in sets)
+    assert {s.label: s.prompts["task_level"]["text"] for s in exported} == {
+        s.label: s.prompts["task_level"]["text"] for s in sets
+    }

@@ -39,9 +39,11 @@ class PPOOptimizer:
         return run
 
     def run(self) -> OptimizerResult:
+        from rlprompt.build import check_run
         from rlprompt.training_run import build_trainer, learned_prompts
 
         run = self.configure(self.ctx.private_run)
+        check_run(run)  # after configure (components forces its action space), before models load
         budget = run.optimizer.budget
         if budget is not None:
             # Every step spends at most C×G calls and almost always at least one, so `budget` steps

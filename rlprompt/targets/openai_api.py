@@ -1,4 +1,5 @@
-"""OpenAI-compatible target (OpenAI, vLLM, `transformers serve`, ...).
+"""OpenAI-compatible target (OpenAI, vLLM, `transformers serve`, ...), and the one client path
+(`OpenAIChat`) that it and the reward LLMs' choice scorers (rewards/llm.py) share.
 
 Bounded concurrency, per-request timeouts, and retries with exponential backoff and jitter on
 408 / 409 / 429 / 5xx / timeouts / dropped connections / truncated, malformed or empty bodies
@@ -16,7 +17,9 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from rlprompt.errors import UserError
 from rlprompt.targets.base import (
@@ -29,6 +32,7 @@ from rlprompt.targets.base import (
 from rlprompt.targets.cache import CallCounter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RetryableResponse(Exception):
@@ -58,8 +62,16 @@ def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-class OpenAITarget:
-    """Chat completions against any OpenAI-compatible `base_url`."""
+class OpenAIChat:
+    """The client path of every OpenAI-compatible call: the key from the environment, bounded
+    concurrency, retries with backoff (honouring Retry-After) counted on `retry_counter`, partial
+    batches kept, and the key scrubbed from every error message.
+
+    Callers say what to send (`request(parse, **create_kwargs)`) and how to read the answer:
+    `parse` raises `RetryableResponse` for a body with nothing usable (retried), or any other
+    exception to fail at once (a `UserError` reaches the caller as it is).
+    `where` names the config section in messages ("target", "reward.options.judge.endpoint").
+    """
 
     def __init__(
         self,
@@ -72,15 +84,18 @@ class OpenAITarget:
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         retry_counter: CallCounter | None = None,
+        where: str = "target",
     ) -> None:
         import openai
 
         if not base_url:
-            raise UserError("target.base_url is empty: set it, e.g. target.base_url=http://127.0.0.1:8000/v1")
+            raise UserError(
+                f"{where}.base_url is empty: set it, e.g. {where}.base_url=http://127.0.0.1:8000/v1"
+            )
         api_key = os.environ.get(api_key_env)
         if api_key is None:
             raise UserError(
-                f"the API key variable '{api_key_env}' (target.api_key_env) is not set: "
+                f"the API key variable '{api_key_env}' ({where}.api_key_env) is not set: "
                 f"export {api_key_env}=... (use any value for a local server that ignores keys)"
             )
         self._openai = openai
@@ -93,15 +108,17 @@ class OpenAITarget:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.retry_counter = retry_counter or CallCounter(role="retries")
-        self.target_id = f"openai:{base_url.rstrip('/')}:{model}"
 
-    def generate(self, conversations: list[Conversation], params: GenerationParams) -> list[Reply]:
+    def run_batch(
+        self, conversations: list[Conversation], one: Callable[[Conversation], Reply]
+    ) -> list[Reply]:
+        """`one` per conversation, `max_concurrency` at a time; failures keep the completed replies."""
         for conversation in conversations:
             validate_conversation(conversation)
         results: dict[int, Reply] = {}
         errors: dict[int, Exception] = {}
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
-            futures = {i: pool.submit(self._one, c, params) for i, c in enumerate(conversations)}
+            futures = {i: pool.submit(one, c) for i, c in enumerate(conversations)}
             for i, future in futures.items():
                 try:
                     results[i] = future.result()
@@ -109,11 +126,14 @@ class OpenAITarget:
                     errors[i] = err
         if errors:
             first = next(iter(errors.values()))
+            if isinstance(first, UserError):  # our own message (a server that cannot do this at all)
+                raise type(first)(redact(str(first), self._secret)) from None
             message = redact(f"{type(first).__name__}: {first}", self._secret)
             raise PartialGenerationError(message, completed=results)
         return [results[i] for i in range(len(conversations))]
 
-    def _one(self, conversation: Conversation, params: GenerationParams) -> Reply:
+    def request(self, parse: Callable[[Any], T], **kwargs: Any) -> T:
+        """`chat.completions.create(**kwargs)` read by `parse`, retried on transient faults."""
         openai = self._openai
         retryable = (
             openai.APITimeoutError,  # no answer within timeout_s
@@ -123,26 +143,9 @@ class OpenAITarget:
             json.JSONDecodeError,  # a malformed JSON body (the client does not wrap it)
             RetryableResponse,  # no choices / no content
         )
-        kwargs = dict(model=self.model, messages=conversation, max_tokens=params.max_new_tokens)
-        if params.greedy:
-            kwargs.update(temperature=0.0)
-        else:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, seed=params.seed)
         for attempt in range(self.max_retries + 1):
             try:
-                response = self.client.chat.completions.create(**kwargs)
-                choices = getattr(response, "choices", None)
-                if not choices or not isinstance(choices, list):
-                    raise RetryableResponse("response has no choices")
-                text = getattr(getattr(choices[0], "message", None), "content", None)
-                if not isinstance(text, str):
-                    raise RetryableResponse("response choice has no text content")
-                usage = getattr(response, "usage", None)
-                return Reply(
-                    text=text.strip(),
-                    prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                    completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-                )
+                return parse(self.client.chat.completions.create(model=self.model, **kwargs))
             except retryable as err:
                 status = getattr(err, "status_code", None)
                 if isinstance(err, openai.APIStatusError) and status < 500 and status not in RETRYABLE_STATUS:
@@ -156,7 +159,8 @@ class OpenAITarget:
                 with self.retry_counter._lock:
                     self.retry_counter.retries += 1
                 log.warning(
-                    "target %s: %s (attempt %d), retrying in %.1fs",
+                    "%s %s: %s (attempt %d), retrying in %.1fs",
+                    type(self).__name__,
                     self.model,
                     type(err).__name__,
                     attempt + 1,
@@ -164,3 +168,42 @@ class OpenAITarget:
                 )
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+
+def first_choice(response: Any) -> Any:
+    """The response's first choice; `RetryableResponse` when there is none."""
+    choices = getattr(response, "choices", None)
+    if not choices or not isinstance(choices, list):
+        raise RetryableResponse("response has no choices")
+    return choices[0]
+
+
+class OpenAITarget(OpenAIChat):
+    """Chat completions against any OpenAI-compatible `base_url`."""
+
+    def __init__(self, model: str, base_url: str, **kwargs: Any) -> None:
+        super().__init__(model, base_url, **kwargs)
+        self.target_id = f"openai:{base_url.rstrip('/')}:{model}"
+
+    def generate(self, conversations: list[Conversation], params: GenerationParams) -> list[Reply]:
+        return self.run_batch(conversations, lambda c: self._one(c, params))
+
+    def _one(self, conversation: Conversation, params: GenerationParams) -> Reply:
+        kwargs: dict[str, Any] = dict(messages=conversation, max_tokens=params.max_new_tokens)
+        if params.greedy:
+            kwargs.update(temperature=0.0)
+        else:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, seed=params.seed)
+        return self.request(_text_reply, **kwargs)
+
+
+def _text_reply(response: Any) -> Reply:
+    text = getattr(getattr(first_choice(response), "message", None), "content", None)
+    if not isinstance(text, str):
+        raise RetryableResponse("response choice has no text content")
+    usage = getattr(response, "usage", None)
+    return Reply(
+        text=text.strip(),
+        prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+        completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+    )
