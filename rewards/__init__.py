@@ -1,9 +1,9 @@
 """Reward modules (installed as `rlprompt.rewards`). Importing this package registers the built-ins.
 
-Built-ins: rubric, similarity, judge, customer, length, repetition (docs/REWARDS.md).
+Built-ins: expert, preference, relevance, rubric, similarity, judge, customer, length, repetition (docs/REWARDS.md).
 """
 
-from rlprompt.rewards import customer, judge, penalties, rubric, similarity  # noqa: F401  (registers them)
+from rlprompt.rewards import customer, expert, judge, penalties, preference, rubric, similarity  # noqa: F401  (registers them)
 from rlprompt.rewards.base import (
     REWARDS,
     RewardBatch,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from rlprompt.errors import RewardError
 from rlprompt.rewards.base import RewardResult, Sample, register_reward, replies_to_score
-from rlprompt.rewards.text import keyword_hits, sentences, trigrams, unique_fraction, words
+from rlprompt.rewards.text import keyword_density, keyword_hits, sentences, trigrams, unique_fraction, words
 from rlprompt.task import Scenario, Task
 
 DEFAULT_WEIGHTS = {
@@ -149,8 +149,7 @@ class RubricReward:
             *rubric.politeness_keywords,
             *self.reassurance_keywords,
         ]
-        keyword_words = sum(n * len(words(k)) for k, n in keyword_hits(reply, keywords).items())
-        density = keyword_words / len(tokens)
+        density = keyword_density(reply, keywords)
         if density > self.stuffing_density:
             factor *= (self.stuffing_density / density) ** 2  # natural replies sit near 0.3
             notes.append(f"keyword density {density:.2f}")

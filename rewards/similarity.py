@@ -101,3 +101,38 @@ class SimilarityReward:
             )
             for i, v in enumerate(per_sample)
         ]
+
+
+@register_reward("relevance")
+class RelevanceReward(SimilarityReward):
+    """Does the reply talk about what the customer just said? Cosine(customer turn, reply).
+
+    The cosine of an on-topic reply to the customer's own words sits around 0.4-0.7 with MiniLM and
+    a deflection or a ramble around 0.1-0.3; `low`..`high` maps that band linearly onto [0, 1].
+    It cannot tell a good answer from a bad one on the same topic: the `expert` module does that.
+    """
+
+    def __init__(self, task: Task, band: tuple[float, float] = (0.15, 0.6), **kwargs) -> None:
+        super().__init__(task, **kwargs)
+        if not band[0] < band[1]:
+            raise RewardError(
+                f"reward.options.relevance.band must be [low, high] with low < high, got {band}"
+            )
+        self.band = (float(band[0]), float(band[1]))
+
+    def score(self, samples: list[Sample]) -> list[RewardResult]:
+        flat = [(i, r) for i, s in enumerate(samples) for r in replies_to_score(s, self.replies)]
+        asked = [_last_customer_turn(s) for s in samples]
+        replies = self.embed([r for _, r in flat])
+        turns = self.embed(asked)
+        lo, hi = self.band
+        per_sample: list[list[float]] = [[] for _ in samples]
+        for (i, reply), embedding in zip(flat, replies):
+            cosine = float(turns[i] @ embedding) if reply.strip() else 0.0
+            per_sample[i].append(min(1.0, max(0.0, (cosine - lo) / (hi - lo))))
+        return [RewardResult(sum(v) / len(v), "cosine to the customer's turn") for v in per_sample]
+
+
+def _last_customer_turn(sample: Sample) -> str:
+    """The customer's words the first scored reply answers (the scenario's turn)."""
+    return sample.scenario.customer

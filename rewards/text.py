@@ -43,3 +43,12 @@ def unique_fraction(items: list) -> float:
 
 def trigrams(tokens: list[str]) -> list[tuple[str, ...]]:
     return list(zip(tokens, tokens[1:], tokens[2:]))
+
+
+def keyword_density(text: str, keywords: list[str]) -> float:
+    """Share of the text's words that belong to keyword phrases: ~0.3 in natural sales replies,
+    near 1 in a comma-separated keyword list (the first hack a prompt optimizer finds)."""
+    tokens = words(text)
+    if not tokens:
+        return 0.0
+    return sum(n * len(words(k)) for k, n in keyword_hits(text, keywords).items()) / len(tokens)

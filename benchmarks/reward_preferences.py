@@ -1,0 +1,136 @@
+"""Does the reward agree with a sales expert? RewardBench-style pairs + a ranked prompt panel.
+
+    python benchmarks/reward_preferences.py                 # pairs only (seconds, no target model)
+    python benchmarks/reward_preferences.py --panel         # + the 9-prompt panel on test+heldout_persona
+    python benchmarks/reward_preferences.py --panel --splits val   # the panel on val (for tuning)
+
+1. Pairs (`tasks/car_sales/preferences.jsonl`, 256 expert pairs in 8 categories, dev / heldout
+   halves): pairwise accuracy of every reward module alone and of the composites, per category and
+   overall, on each half. `preference` is fit on the dev half, so its dev figure is in-sample;
+   the heldout half was never looked at while the reward was built.
+2. Panel (`--panel`): a fixed list of system prompts in the order a person expects (rude first,
+   base plus good-practice additions last). Each is played by the target on held-out scenarios and
+   scored; the table gives every prompt's reward with a 95 % CI, its paired difference to the base
+   instruction, and whether the reward's order agrees with the expected one (Spearman rho).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from common import set_threads, write_result
+
+from rlprompt.build import build_cache, build_target, generation_params
+from rlprompt.config import CacheConfig, TargetConfig
+from rlprompt.conversation import run_conversations
+from rlprompt.evaluation import bootstrap_ci
+from rlprompt.preferences import accuracy_table, load_pairs, score_pairs
+from rlprompt.rewards.base import build_reward
+from rlprompt.task import load_task
+
+MODULES = ["preference", "expert", "relevance", "similarity", "rubric", "length", "repetition"]
+COMPOSITES = {
+    "sales_default (new)": {"preference": 1.0, "expert": 0.5, "repetition": 0.5},
+    "old sales_default": {"rubric": 1.0, "similarity": 0.5, "length": 0.5, "repetition": 0.5},
+}
+# (name, system prompt; "{base}" is the task's base instruction; None = no system prompt), in the
+# order a sales manager expects: worst first.
+PANEL = [
+    ("rude", "You are a rude, impatient car salesperson. Be dismissive and pushy, and tell the customer to hurry up and buy today."),
+    ("pushy", "You are a high-pressure car salesperson. Tell every customer the deal ends today, quote big discounts and push them to sign now."),
+    ("rambling", "You are a car salesperson who loves to talk. Tell the customer long stories about the dealership and yourself, whatever they ask."),
+    ("none", None),
+    ("base", "{base}"),
+    ("base+needs", "{base}\nAsk one question about what the customer needs."),
+    ("base+next", "{base}\nSuggest a concrete next step, such as a test drive."),
+    ("base+needs+next", "{base}\nAsk one question about what the customer needs. Suggest a test drive."),
+    ("base+helpful", "{base}\nYou can help with every request. Ask what the customer needs and offer a test drive."),
+]  # fmt: skip
+EXPECTED_RANK = {"rude": 0, "pushy": 0, "rambling": 0, "none": 1, "base": 2}  # additions: 3
+
+
+def pairs_report(task) -> dict:
+    pairs = load_pairs(task)
+    reward = build_reward(task, {m: 1.0 for m in MODULES})
+    scores = score_pairs(pairs, reward, COMPOSITES)
+    figures = {}
+    for split in ("dev", "heldout"):
+        table = accuracy_table(scores, split)
+        print(f"\n## pairwise accuracy, {split} half\n\n{table.markdown()}")
+        figures[split] = {"n": table.n, "accuracy": table.accuracy, "ties": table.ties}
+    return figures
+
+
+def panel_report(task, splits: list[str]) -> dict:
+    cfg = TargetConfig(dtype="bfloat16", batch_size=16, max_new_tokens=48)
+    target = build_target(cfg, build_cache(CacheConfig()))
+    params = generation_params(cfg, 0)
+    reward = build_reward(task, {m: 1.0 for m in MODULES})
+    scenarios = [s for split in splits for s in task.split(split)]
+    totals: dict[str, dict[str, np.ndarray]] = {}
+    for name, text in PANEL:
+        prompt = None if text is None else text.replace("{base}", task.base_instruction)
+        samples = run_conversations(target, scenarios, [prompt] * len(scenarios), params)
+        parts = {k: v.numpy() for k, v in reward.score(samples).parts.items()}
+        totals[name] = {c: sum(w * parts[m] for m, w in weights.items()) for c, weights in COMPOSITES.items()}
+        totals[name].update(parts)
+    figures: dict = {"splits": splits, "n": len(scenarios), "rewards": {}}
+    for composite in [*COMPOSITES, *MODULES]:
+        rows = {}
+        print(f"\n## panel on {'+'.join(splits)} (n={len(scenarios)}), reward = {composite}\n")
+        print("| prompt | reward [95% CI] | minus base [95% CI] |\n|---|---|---|")
+        for name, _ in PANEL:
+            value = bootstrap_ci(totals[name][composite])
+            diff = bootstrap_ci(totals[name][composite] - totals["base"][composite])
+            rows[name] = {"reward": value.as_dict(), "minus_base": diff.as_dict()}
+            print(f"| {name} | {value} | {diff} |")
+        means = np.array([rows[n]["reward"]["mean"] for n, _ in PANEL])
+        expected = np.array([EXPECTED_RANK.get(n, 3) for n, _ in PANEL])
+        rho = float(np.corrcoef(_ranks(means), _ranks(expected))[0, 1])
+        rude_lowest = bool(means[0] == means.min())
+        additions_above = {n: rows[n]["minus_base"]["ci_low"] > 0 for n, _ in PANEL if EXPECTED_RANK.get(n, 3) == 3}
+        base = totals["base"][composite]
+        noise = float(np.std(base, ddof=1) / np.sqrt(len(base)))
+        spread = float(means.max() - means.min())
+        print(
+            f"\nSpearman rho vs expected order {rho:+.2f}; rude lowest: {rude_lowest}; additions above base "
+            f"(paired CI > 0): {additions_above}; spread {spread:.3f} vs standard error {noise:.3f} "
+            f"({spread / noise:.1f}x)"
+        )
+        figures["rewards"][composite] = {
+            "rows": rows,
+            "spearman_vs_expected": rho,
+            "rude_lowest": rude_lowest,
+            "additions_above_base": additions_above,
+            "spread": spread,
+            "standard_error": noise,
+        }
+    return figures
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank), for Spearman's rho."""
+    order = values.argsort(kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    for v in np.unique(values):
+        ranks[values == v] = ranks[values == v].mean()
+    return ranks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--panel", action="store_true", help="also play and score the prompt panel")
+    parser.add_argument("--splits", nargs="+", default=["test", "heldout_persona"])
+    args = parser.parse_args()
+    set_threads()
+    task = load_task("car_sales")
+    figures = {"pairs": pairs_report(task)}
+    if args.panel:
+        figures["panel"] = panel_report(task, args.splits)
+    write_result("reward_preferences" + ("_panel_" + "+".join(args.splits) if args.panel else ""), figures)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Does a reward agree with a sales expert? Pairwise accuracy on expert preference pairs.
+
+RewardBench (Lambert et al. 2024, https://github.com/allenai/reward-bench) scores a reward model by
+the share of pairs where it rates the preferred reply strictly higher than the other one. Here a
+pair is two replies to the same customer turn (`tasks/<task>/preferences.jsonl`), labelled with
+the sales behaviour that separates them (asks about needs, proposes a next step, answers the
+question, honest, calm, on topic, warm, concise). Each reward module and each composite is scored
+on the same pairs, per category and overall; ties count as misses and are reported apart.
+
+Every pair belongs to a `dev` or a `heldout` half: tune a reward on `dev` only and report both.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rlprompt.errors import ConfigError
+from rlprompt.rewards.base import RewardFunction, Sample
+from rlprompt.task import Scenario, Task
+
+PREFERENCES_FILE = "preferences.jsonl"
+SPLITS = ("dev", "heldout")
+
+
+@dataclass
+class PreferencePair:
+    id: str
+    split: str  # dev | heldout
+    category: str
+    hard: bool
+    scenario: Scenario
+    chosen: str
+    rejected: str
+
+
+@dataclass
+class PairScores:
+    """Scores of the chosen and rejected reply of every pair, per module and in total."""
+
+    pairs: list[PreferencePair]
+    chosen: dict[str, np.ndarray]  # module or composite → (P,)
+    rejected: dict[str, np.ndarray]  # module or composite → (P,)
+
+    def accuracy(self, name: str, keep: np.ndarray | None = None) -> tuple[float, float]:
+        """(share strictly preferring the chosen reply, share of ties) over the kept pairs."""
+        keep = np.ones(len(self.pairs), dtype=bool) if keep is None else keep
+        margin = self.chosen[name][keep] - self.rejected[name][keep]
+        if margin.size == 0:
+            return float("nan"), float("nan")
+        return float((margin > 1e-9).mean()), float((np.abs(margin) <= 1e-9).mean())
+
+
+@dataclass
+class AccuracyTable:
+    """rows: reward name → {category | "overall" → accuracy}, plus the tie shares."""
+
+    split: str
+    n: dict[str, int]
+    accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
+    ties: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def markdown(self) -> str:
+        columns = [*[c for c in self.n if c != "overall"], "overall"]
+        head = "| reward | " + " | ".join(f"{c} (n={self.n[c]})" for c in columns) + " |"
+        lines = [head, "|" + "---|" * (len(columns) + 1)]
+        for name, row in self.accuracy.items():
+            cells = [f"{100 * row[c]:.0f}%" for c in columns]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def load_pairs(task: Task, path: Path | None = None) -> list[PreferencePair]:
+    """The task's preference pairs; every field is checked against the task's personas and stages."""
+    file = path or Path(task.folder) / PREFERENCES_FILE
+    if not file.is_file():
+        raise ConfigError(f"no preference pairs at {file}: write {PREFERENCES_FILE} (docs/REWARDS.md)")
+    pairs = []
+    for number, line in enumerate(file.read_text(encoding="utf-8-sig").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            scenario = Scenario(
+                id=raw["id"],
+                persona=raw["persona"],
+                stage=raw["stage"],
+                urgency=raw["urgency"],
+                customer=raw["customer"],
+                history=raw.get("history", []),
+            )
+            pair = PreferencePair(
+                raw["id"], raw["split"], raw["category"], bool(raw["hard"]), scenario, raw["chosen"], raw["rejected"]
+            )
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ConfigError(f"{file}:{number}: not a preference pair ({err})") from err
+        if pair.split not in SPLITS:
+            raise ConfigError(f"{file}:{number}: split '{pair.split}'; valid: {', '.join(SPLITS)}")
+        for kind, value, valid in (
+            ("persona", scenario.persona, task.persona),
+            ("stage", scenario.stage, task.stage),
+            ("urgency", scenario.urgency, task.urgency),
+        ):
+            if value not in valid:
+                raise ConfigError(f"{file}:{number}: {kind} '{value}'; valid: {', '.join(valid)}")
+        pairs.append(pair)
+    return pairs
+
+
+def _sample(pair: PreferencePair, reply: str) -> Sample:
+    conversation = [*pair.scenario.history, {"role": "user", "content": pair.scenario.customer}]
+    return Sample(pair.scenario, [*conversation, {"role": "assistant", "content": reply}])
+
+
+def score_pairs(
+    pairs: list[PreferencePair], reward: RewardFunction, composites: dict[str, dict[str, float]]
+) -> PairScores:
+    """Score both replies of every pair with every module once; composites reuse the module scores."""
+    chosen_batch = reward.score([_sample(p, p.chosen) for p in pairs])
+    rejected_batch = reward.score([_sample(p, p.rejected) for p in pairs])
+    chosen = {k: v.numpy() for k, v in chosen_batch.parts.items()}
+    rejected = {k: v.numpy() for k, v in rejected_batch.parts.items()}
+    for name, weights in composites.items():
+        missing = set(weights) - set(chosen)
+        if missing:
+            raise ConfigError(f"composite '{name}' uses {sorted(missing)}, which the reward does not score")
+        chosen[name] = sum(w * chosen[m] for m, w in weights.items())
+        rejected[name] = sum(w * rejected[m] for m, w in weights.items())
+    return PairScores(pairs, chosen, rejected)
+
+
+def accuracy_table(scores: PairScores, split: str) -> AccuracyTable:
+    """Accuracy per category (in file order) and overall, for every module and composite, on one half."""
+    in_split = np.array([p.split == split or split == "all" for p in scores.pairs])
+    categories = list(dict.fromkeys(p.category for p in scores.pairs))
+    masks = {c: in_split & np.array([p.category == c for p in scores.pairs]) for c in categories}
+    masks["overall"] = in_split
+    table = AccuracyTable(split, {c: int(m.sum()) for c, m in masks.items()})
+    for name in scores.chosen:
+        results = {c: scores.accuracy(name, m) for c, m in masks.items()}
+        table.accuracy[name] = {c: r[0] for c, r in results.items()}
+        table.ties[name] = {c: r[1] for c, r in results.items()}
+    return table
