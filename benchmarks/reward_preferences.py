@@ -89,7 +89,9 @@ def panel_report(task, splits: list[str]) -> dict:
         expected = np.array([EXPECTED_RANK.get(n, 3) for n, _ in PANEL])
         rho = float(np.corrcoef(_ranks(means), _ranks(expected))[0, 1])
         rude_lowest = bool(means[0] == means.min())
-        additions_above = {n: rows[n]["minus_base"]["ci_low"] > 0 for n, _ in PANEL if EXPECTED_RANK.get(n, 3) == 3}
+        additions_above = {
+            n: rows[n]["minus_base"]["ci_low"] > 0 for n, _ in PANEL if EXPECTED_RANK.get(n, 3) == 3
+        }
         base = totals["base"][composite]
         noise = float(np.std(base, ddof=1) / np.sqrt(len(base)))
         spread = float(means.max() - means.min())

@@ -16,7 +16,9 @@ import torch
 
 from rlprompt.config import PolicyConfig
 from rlprompt.errors import ConfigError
+from rlprompt.models import context_window
 from rlprompt.registry import Registry
+from rlprompt.targets.base import InputTooLong
 from rlprompt.task import Task
 
 MASKED = -1e9
@@ -60,11 +62,33 @@ def check_policy(cfg: PolicyConfig) -> None:
         )
 
 
-def encode_prefixes(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
-    """Left-padded ids; BOS added unless the (chat-templated) text already starts with it."""
+def encode_prefixes(
+    tokenizer, texts: list[str], limit: int | None = None, positions_after: int = 0
+) -> dict[str, torch.Tensor]:
+    """Left-padded ids; BOS added unless the (chat-templated) text already starts with it.
+
+    `limit`: most tokens a prefix may have (the backbone's context window less the `positions_after`
+    still to come); a longer one is refused before the backbone runs, naming it, its length and the fix.
+    """
     bos = tokenizer.bos_token
     add_special = not (bos and all(t.startswith(bos) for t in texts))
-    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special)
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special)
+    if limit is not None:
+        for i, n in enumerate(enc["attention_mask"].sum(dim=1).tolist()):
+            if n > limit:
+                raise InputTooLong(
+                    f"policy prefix {i + 1} of {len(texts)} is {n} tokens, over the {limit} the policy "
+                    f"backbone can read (its context window of {limit + positions_after} tokens less the "
+                    f"{positions_after} it still writes); shorten policy.prefix_template (or the task's "
+                    "role, product or context texts)"
+                )
+    return enc
+
+
+def prefix_limit(backbone, positions_after: int) -> int | None:
+    """Most prefix tokens: the backbone's context window less the `positions_after` still to come."""
+    window = context_window(backbone)
+    return None if window is None else window - positions_after
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -106,9 +130,11 @@ class TokenActions:
                 f"policy.allowed_tokens={cfg.allowed_tokens} leaves {int(allowed.sum())} tokens"
             )
         self.bias = torch.where(allowed, 0.0, MASKED)  # (V,)
+        self.prompt_length = cfg.prompt_length
 
     def start(self, prefix_texts: list[str]) -> BackboneState:
-        enc = encode_prefixes(self.tokenizer, prefix_texts)
+        K = self.prompt_length
+        enc = encode_prefixes(self.tokenizer, prefix_texts, prefix_limit(self.backbone, K), K)
         hidden, past = _forward(self.backbone, enc["input_ids"], enc["attention_mask"], past=_new_cache())
         return BackboneState(
             hidden=hidden[:, -1], mask=enc["attention_mask"], past=past, prefix_texts=prefix_texts
@@ -173,7 +199,7 @@ class ComponentActions:
             p + "".join(" " + self.task.components[c].name.replace("_", " ") + "," for c in row)
             for p, row in zip(prefix_texts, chosen)
         ]
-        enc = encode_prefixes(self.tokenizer, texts)
+        enc = encode_prefixes(self.tokenizer, texts, prefix_limit(self.backbone, 0))
         hidden, _ = _forward(self.backbone, enc["input_ids"], enc["attention_mask"])
         return BackboneState(
             hidden=hidden[:, -1], mask=enc["attention_mask"], chosen=chosen, prefix_texts=prefix_texts

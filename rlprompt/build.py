@@ -23,7 +23,13 @@ TARGETS: Registry = Registry("target")
 def _hf_target(cfg: TargetConfig, retry_counter: CallCounter) -> Target:
     from rlprompt.targets.hf import HFTarget
 
-    return HFTarget(model=cfg.model, dtype=cfg.dtype, format=cfg.format, batch_size=cfg.batch_size)
+    return HFTarget(
+        model=cfg.model,
+        dtype=cfg.dtype,
+        format=cfg.format,
+        batch_size=cfg.batch_size,
+        max_input_tokens=cfg.max_input_tokens or None,
+    )
 
 
 @TARGETS.register("openai")

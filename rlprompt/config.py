@@ -30,6 +30,10 @@ class TargetConfig:
     format: str = "auto"  # auto | chat | completion (plain transcript for base models)
     batch_size: int = 16
     max_new_tokens: int = 48
+    # Longest conversation (system prompt + history + turns, in tokens) a local hf target accepts;
+    # longer ones fail before any call, naming the scenario. Capped by the model's context window
+    # less max_new_tokens; 0 = that cap. Task scenarios are ~100-200 tokens.
+    max_input_tokens: int = 2048
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     base_url: str | None = None  # OpenAI-compatible endpoint
@@ -57,6 +61,9 @@ class PolicyConfig:
     prefix_template: str = "Write a short instruction for a {role} answering this customer. {context}"
     prefix_chat: bool = True  # wrap the prefix in the backbone's chat template (instruct backbones)
     answer_start: str = "Instruction:"  # begins the backbone's answer, so prompt words follow naturally
+    # Words that open every learned prompt: fed to the backbone after `answer_start` and kept in the
+    # decoded prompt, e.g. "Always" makes the K tokens finish an imperative rule ("Always ask ...").
+    prompt_lead: str = ""
 
 
 @dataclass
@@ -100,6 +107,10 @@ class OptimizerConfig:
     shaping_scale: float = 5.0
     zscore: bool = True  # per-context z-score across the G prompts (RLPrompt)
     reward_clip: float = 3.0  # 0 switches clipping off
+    # Floor on a group's std in the z-score (stabilized units, after shaping): a group whose prompts
+    # score almost alike gets a small advantage instead of noise blown up to +-1. 0 = RLPrompt's 1e-4.
+    zscore_min_std: float = 0.0
+    stratify_stages: bool = False  # each step's C contexts cycle through the task's stages
     # OPRO (Yang et al. 2023)
     candidates_per_step: int = 8
     history_top: int = 20
@@ -128,6 +139,11 @@ class EvalConfig:
     max_scenarios: int | None = None  # per split; None = all
     bootstrap: int = 2000
     confidence: float = 0.95
+    # Pick the shipped task-level prompt on `val` among the policy's greedy prompts at these many
+    # checkpoints and its best-rewarded training samples (RLPrompt reports the best-on-val prompt).
+    # 0 = ship the final greedy prompt as it is.
+    select_checkpoints: int = 0
+    select_samples: int = 0
 
 
 @dataclass

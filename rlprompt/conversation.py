@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from rlprompt.rewards.base import Sample
-from rlprompt.targets.base import GenerationParams, Message, Target
+from rlprompt.targets.base import GenerationParams, InputTooLong, Message, Target
 from rlprompt.task import Scenario
 
 
@@ -41,13 +41,27 @@ def run_conversations(
             for conversation, text in zip(conversations, customer_turns):
                 conversation.append({"role": "user", "content": text})
         requests = [_with_system(p, c) for p, c in zip(system_prompts, conversations)]
-        replies = target.generate(requests, params)
+        try:
+            replies = target.generate(requests, params)
+        except InputTooLong as err:
+            raise _naming_scenario(err, requests, scenarios, turn) from err
         for conversation, reply in zip(conversations, replies):
             conversation.append({"role": "assistant", "content": reply.text})
     return [
         Sample(scenario=s, conversation=c, system_prompt=p)
         for s, c, p in zip(scenarios, conversations, system_prompts)
     ]
+
+
+def _naming_scenario(
+    err: InputTooLong, requests: list[list[Message]], scenarios: list[Scenario], turn: int
+) -> InputTooLong:
+    """The target names a request; the user knows scenarios (the target may see a deduplicated batch)."""
+    index = next((i for i, r in enumerate(requests) if r == err.conversation), None)
+    if index is None:
+        return err
+    where = f"scenario '{scenarios[index].id}'" + (f" (after {turn} simulated turns)" if turn else "")
+    return InputTooLong(f"{where}: {err}", err.conversation)
 
 
 def _with_system(system_prompt: str | None, conversation: list[Message]) -> list[Message]:

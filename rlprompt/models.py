@@ -25,6 +25,16 @@ from rlprompt.errors import UserError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def context_window(model) -> int | None:
+    """The most positions the model was trained for (`max_position_embeddings`), or None if unknown."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def cache_root() -> Path:
     """Root of everything rlprompt generates outside a run folder (`RLPROMPT_CACHE` overrides)."""
     return Path(os.environ.get("RLPROMPT_CACHE", Path.home() / ".cache" / "rlprompt"))

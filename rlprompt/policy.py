@@ -91,7 +91,7 @@ class PromptPolicy(nn.Module):
             )
         else:
             text += "\n"
-        return text + self.cfg.answer_start
+        return text + self.cfg.answer_start + (f" {self.cfg.prompt_lead}" if self.cfg.prompt_lead else "")
 
     # ------------------------------------------------------------------ sampling
 
@@ -116,8 +116,13 @@ class PromptPolicy(nn.Module):
             actions=actions_t,
             logprobs=torch.stack(logprobs, 1).float(),
             hidden=torch.stack(hidden, 1).float(),
-            prompts=[self.actions.decode(row) for row in actions_t],
+            prompts=[self.decode(row) for row in actions_t],
         )
+
+    def decode(self, actions: torch.Tensor) -> str:
+        """The learned prompt as text: `prompt_lead` (if any) + the decoded actions."""
+        text = self.actions.decode(actions)
+        return f"{self.cfg.prompt_lead} {text}".strip() if self.cfg.prompt_lead else text
 
     # ------------------------------------------------------------------ scoring for PPO
 

@@ -24,12 +24,15 @@ def linear_shaping(reward: torch.Tensor, low: float, high: float, scale: float) 
     return (reward - low) / (high - low) * scale
 
 
-def zscore_per_group(reward: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+def zscore_per_group(reward: torch.Tensor, group: torch.Tensor, min_std: float = 0.0) -> torch.Tensor:
     """Z-score each reward against the other prompts sampled for the same input.
 
     reward: (N,); group: (N,) integer id of the input (context / scenario) each reward belongs to.
     A group of one gets 0: with no competing prompt there is no signal. Uses the population std,
     as RLPrompt's `torch.std(..., unbiased=False)`-free numpy equivalent does.
+    `min_std` floors the std (RLPrompt: none, only 1e-4): where G prompts score almost alike, plain
+    z-scoring inflates differences of 0.001 into advantages of +-1, i.e. it trains on noise; with
+    the floor such a group's advantages stay as small as its differences (docs/LEARNING.md).
     """
     out = torch.zeros_like(reward)
     for g in torch.unique(group):
@@ -37,7 +40,7 @@ def zscore_per_group(reward: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
         r = reward[idx]
         if r.numel() < 2:
             continue
-        out[idx] = (r - r.mean()) / (r.std(unbiased=False) + ZSCORE_EPS)
+        out[idx] = (r - r.mean()) / (r.std(unbiased=False).clamp_min(min_std) + ZSCORE_EPS)
     return out
 
 
@@ -52,6 +55,7 @@ class StabilizerConfig:
     shaping_scale: float = 5.0
     zscore: bool = True
     reward_clip: float = 3.0
+    zscore_min_std: float = 0.0
 
 
 def stabilize(
@@ -62,7 +66,7 @@ def stabilize(
     if cfg.shaping:
         r = linear_shaping(r, low, high, cfg.shaping_scale)
     if cfg.zscore:
-        r = zscore_per_group(r, group)
+        r = zscore_per_group(r, group, cfg.zscore_min_std)
     return clip_rewards(r, cfg.reward_clip)
 
 

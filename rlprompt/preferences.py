@@ -93,7 +93,13 @@ def load_pairs(task: Task, path: Path | None = None) -> list[PreferencePair]:
                 history=raw.get("history", []),
             )
             pair = PreferencePair(
-                raw["id"], raw["split"], raw["category"], bool(raw["hard"]), scenario, raw["chosen"], raw["rejected"]
+                raw["id"],
+                raw["split"],
+                raw["category"],
+                bool(raw["hard"]),
+                scenario,
+                raw["chosen"],
+                raw["rejected"],
             )
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ConfigError(f"{file}:{number}: not a preference pair ({err})") from err

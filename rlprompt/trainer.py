@@ -22,10 +22,12 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from rlprompt import ppo
-from rlprompt.checkpoint import Checkpointer
+from rlprompt.checkpoint import Checkpointer, check_trainable_state, run_meta
 from rlprompt.config import RunConfig
 from rlprompt.conversation import run_conversations
+from rlprompt.distributed import agree_on_stop
 from rlprompt.errors import ConfigError, TargetError
+from rlprompt.learning import LearningLog
 from rlprompt.policy import PromptPolicy, Rollout
 from rlprompt.prompting import assemble_system_prompt
 from rlprompt.rewards.factory import RewardSetup
@@ -35,6 +37,7 @@ from rlprompt.task import Scenario, Task
 
 log = logging.getLogger(__name__)
 TASK_LEVEL_CONTEXT = "Any customer type, any stage, any urgency."
+NEAR_TIE = 0.02  # raw-reward std below which a group's prompts score alike (diagnostics only)
 
 
 @dataclass
@@ -81,6 +84,7 @@ class PPOTrainer:
             shaping_scale=self.cfg.shaping_scale,
             zscore=self.cfg.zscore,
             reward_clip=self.cfg.reward_clip,
+            zscore_min_std=self.cfg.zscore_min_std,
         )
         self.low, self.high = reward_bounds(reward.reward)
         # Same context draws on every rank (each takes its slice); own sampling noise per rank.
@@ -89,8 +93,11 @@ class PPOTrainer:
         self.step_index = 0
         self.phases = PhaseTimer()  # seconds per phase of a step (benchmarks/trainer_overhead.py)
         self.reward_stats = RunningStats()
-        self.history: list[dict] = []  # per step: prompts and rewards (for the best-prompt pick)
-        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.rank, self.is_main)
+        # Reward curve, greedy prompts at checkpoints, best samples (learning_curve.png, selection)
+        self.learning = LearningLog(keep_samples=run.eval.select_samples)
+        self.checkpointer = Checkpointer(
+            self.run_dir / "checkpoints", self.rank, self.is_main, meta=run_meta(run, self.world)
+        )
         self.writer = None
         if self.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -100,8 +107,22 @@ class PPOTrainer:
     # ------------------------------------------------------------------ experience
 
     def draw_contexts(self) -> list[Scenario]:
-        """C scenarios from C distinct training contexts, then this rank's slice."""
-        chosen = self.context_rng.sample(self.contexts, self.cfg.contexts_per_step)
+        """C scenarios from C distinct training contexts, then this rank's slice.
+
+        With `optimizer.stratify_stages`, the C contexts cycle through the task's stages (a
+        Closure turn scores very differently from an Introduction one), so a step's mean reward
+        reflects the prompts more than the luck of the draw: stratified sampling.
+        """
+        if self.cfg.stratify_stages:
+            stages = [st.name for st in self.task.stages]
+            start = self.context_rng.randrange(len(stages))
+            order = [stages[(start + i) % len(stages)] for i in range(self.cfg.contexts_per_step)]
+            chosen: list = []
+            for stage in order:
+                pool = [c for c in self.contexts if c[1] == stage and c not in chosen]
+                chosen.append(self.context_rng.choice(pool))
+        else:
+            chosen = self.context_rng.sample(self.contexts, self.cfg.contexts_per_step)
         scenarios = [
             self.context_rng.choice([s for s in self.train_scenarios if s.context == c]) for c in chosen
         ]
@@ -214,21 +235,25 @@ class PPOTrainer:
             step_started = time.perf_counter()
             rng_before = self.rank_state()  # a failed step must not move the saved RNG streams
             try:
-                batch = self.collect()
-            except BudgetExhausted as err:
-                log.info("stopping at step %d: %s", self.step_index, err)
+                batch, failure = self.collect(), None
+            except (BudgetExhausted, TargetError) as err:
+                batch, failure = None, err
+            # All ranks stop at the same step (one that stopped alone would wait for the others forever).
+            failure = agree_on_stop(failure, self.accelerator)
+            if isinstance(failure, BudgetExhausted):
+                log.info("stopping at step %d: %s", self.step_index, failure)
                 if self.step_index % self.run.checkpoint_every:  # the last whole step, for resume=
-                    self.checkpointer.save(self.step_index, self.state(), rng_before, self.accelerator)
+                    self.save(rng_before)
                 break
-            except TargetError as err:
+            if failure is not None:
                 # The target failed for good mid-step. Replies it did deliver are cached; the step's
                 # half-drawn randomness is discarded, so resume=<run dir> redoes exactly this step.
-                self.checkpointer.save(self.step_index, self.state(), rng_before, self.accelerator)
+                self.save(rng_before)
                 bar.close()
                 raise TargetError(
-                    f"{err}. Training stopped in step {self.step_index + 1}; the {self.step_index} "
+                    f"{failure}. Training stopped in step {self.step_index + 1}; the {self.step_index} "
                     f"completed steps are checkpointed in {self.run_dir / 'checkpoints'}"
-                ) from err
+                ) from failure
             with self.phases.time("update"):
                 stats = self.update(batch)
             self.step_index += 1
@@ -248,16 +273,7 @@ class PPOTrainer:
         rewards = self._gather(batch.raw_reward)
         parts = {k: self._gather(v) for k, v in batch.parts.items()}
         self.reward_stats.update(rewards)
-        prompt_means = torch.zeros(len(batch.rollout)).index_add_(0, batch.prompt_index, batch.raw_reward)
-        prompt_means /= torch.bincount(batch.prompt_index, minlength=len(batch.rollout)).clamp_min(1)
-        self.history.append(
-            {
-                "step": self.step_index,
-                "prompts": batch.rollout.prompts,
-                "contexts": batch.rollout.context_texts,
-                "reward": prompt_means.tolist(),
-            }
-        )
+        self.track_learning(batch, float(rewards.mean()), stats)
         if not self.is_main or self.step_index % self.run.log_every:
             return
         counter = self.target.counter
@@ -269,11 +285,35 @@ class PPOTrainer:
             "budget/target_calls": counter.calls,  # this rank's; summary.json holds all ranks' total
             "budget/cache_hit_rate": counter.hit_rate,
             **{f"budget/{name}_calls": c.calls for name, c in self.reward.counters.items()},
+            **{f"diag/{k}": v for k, v in self.learning.diagnostics[-1].items()},
             "time/steps_per_s": 1.0 / max(seconds, 1e-9),
             **{f"time/{name}_s": value for name, value in self.phases.seconds.items()},
         }
         for name, value in scalars.items():
             self.writer.add_scalar(name, value, self.step_index)
+
+    def track_learning(self, batch: StepBatch, mean_reward: float, stats: dict[str, float]) -> None:
+        """Feed the LearningLog: step reward, sampled task-level prompts, greedy prompt at checkpoints."""
+        diagnostics = {**step_diagnostics(batch), "entropy": stats["entropy"], "kl": stats["kl"]}
+        self.learning.record_step(self.step_index, mean_reward, diagnostics)
+        if self.run.policy.conditioning != "task_level":
+            return
+        counts = torch.bincount(batch.prompt_index, minlength=len(batch.rollout))
+        means = torch.zeros(len(batch.rollout)).index_add_(0, batch.prompt_index, batch.raw_reward)
+        means /= counts.clamp_min(1)
+        self.learning.record_samples(
+            self.step_index,
+            batch.rollout.prompts,
+            batch.rollout.actions.tolist(),
+            means.tolist(),
+            counts.tolist(),
+        )
+        every = max(1, self.cfg.steps // max(1, self.run.eval.select_checkpoints))
+        if self.run.eval.select_checkpoints and (
+            self.step_index % every == 0 or self.step_index == self.cfg.steps
+        ):
+            greedy = self.policy.sample([TASK_LEVEL_CONTEXT], greedy=True)
+            self.learning.record_greedy(self.step_index, greedy.prompts[0], greedy.actions[0].tolist())
 
     def check_replicas_in_sync(self) -> None:
         """Every rank must hold the same head after all-reduced updates; fail loudly if not."""
@@ -304,11 +344,14 @@ class PPOTrainer:
             "policy": self.policy.trainable_state(),
             "optimizer": self.optimizer.state_dict(),
             "reward_stats": self.reward_stats.state_dict(),
-            "history": self.history,
-            "counters": {
-                "target": self.target.counter.state_dict(),
-                **{k: c.state_dict() for k, c in self.reward.counters.items()},
-            },
+            "learning": self.learning.state_dict(),
+        }
+
+    def counter_state(self) -> dict:
+        """This rank's call counters (each rank pays for its own slice): saved in its rank file."""
+        return {
+            "target": self.target.counter.state_dict(),
+            **{k: c.state_dict() for k, c in self.reward.counters.items()},
         }
 
     def rank_state(self) -> dict:
@@ -318,20 +361,26 @@ class PPOTrainer:
             "torch_rng": torch.get_rng_state(),
         }
 
-    def save(self) -> None:
-        self.checkpointer.save(self.step_index, self.state(), self.rank_state(), self.accelerator)
+    def save(self, rng: dict | None = None) -> None:
+        """Checkpoint the last whole step. The rank file holds the RNG streams (`rng`: as they were
+        before a failed step, so resume redoes it) and the counters as they are (every paid call)."""
+        rank_file = {**(rng or self.rank_state()), "counters": self.counter_state()}
+        self.checkpointer.save(self.step_index, self.state(), rank_file, self.accelerator)
 
     def load(self, run_dir: Path) -> None:
         shared, mine = Checkpointer(run_dir / "checkpoints", self.rank, self.is_main).load_latest()
         self.step_index = shared["step"]
+        # Names and shapes checked here, so strict=False only skips the frozen backbone (not saved).
+        check_trainable_state(self.policy.trainable_state(), shared["policy"])
         self.policy.load_state_dict(shared["policy"], strict=False)
         self.optimizer.load_state_dict(shared["optimizer"])
         self.reward_stats.load_state_dict(shared["reward_stats"])
-        self.history = shared["history"]
-        self.target.counter.load_state_dict(shared["counters"]["target"])
+        self.learning = LearningLog.from_state(shared["learning"])
+        counters = mine.get("counters") or shared["counters"]  # checkpoints before per-rank counters
+        self.target.counter.load_state_dict(counters["target"])
         for name, counter in self.reward.counters.items():
-            if name in shared["counters"]:
-                counter.load_state_dict(shared["counters"][name])
+            if name in counters:
+                counter.load_state_dict(counters[name])
         self.context_rng.setstate(mine["context_rng"])
         self.sample_gen.set_state(mine["sample_gen"])
         torch.set_rng_state(mine["torch_rng"])
@@ -355,28 +404,35 @@ class PhaseTimer:
 
 
 class RunningStats:
-    """Running mean / std of raw rewards (Welford); checkpointed with the run."""
+    """The last step's mean raw reward (all ranks), shown by the progress bar; checkpointed."""
 
     def __init__(self) -> None:
-        self.n, self.mean, self.m2, self.last_mean = 0, 0.0, 0.0, 0.0
+        self.last_mean = 0.0
 
     def update(self, values: torch.Tensor) -> None:
-        for x in values.double().tolist():
-            self.n += 1
-            delta = x - self.mean
-            self.mean += delta / self.n
-            self.m2 += delta * (x - self.mean)
         self.last_mean = float(values.mean())
 
-    @property
-    def std(self) -> float:
-        return (self.m2 / (self.n - 1)) ** 0.5 if self.n > 1 else 0.0
-
     def state_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {"last_mean": self.last_mean}
 
     def load_state_dict(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.last_mean = float(state["last_mean"])  # older checkpoints also held n / mean / m2
+
+
+def step_diagnostics(batch: StepBatch) -> dict[str, float]:
+    """Why a step does or does not teach (docs/LEARNING.md): how many distinct prompts competed,
+    how far apart their rewards were on one scenario, and how many groups were near-ties."""
+    stds = [
+        float(batch.raw_reward[batch.group == g].std(unbiased=False))
+        for g in torch.unique(batch.group)
+        if int((batch.group == g).sum()) > 1
+    ]
+    return {
+        "distinct_prompts": float(len(set(batch.rollout.prompts))),
+        "prompts": float(len(batch.rollout)),
+        "group_reward_std": sum(stds) / len(stds) if stds else 0.0,
+        "near_tie_groups": sum(s < NEAR_TIE for s in stds) / len(stds) if stds else 0.0,
+    }
 
 
 def reward_bounds(function) -> tuple[float, float]:

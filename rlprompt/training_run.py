@@ -22,13 +22,15 @@ import numpy as np
 import torch
 
 from rlprompt.build import build_cache, build_target, generation_params, set_threads
-from rlprompt.checkpoint import write_json
+from rlprompt.checkpoint import check_resume, write_json
 from rlprompt.config import RunConfig
 from rlprompt.evaluation import EvalResult, evaluate, paired_difference, win_rate
+from rlprompt.learning import Candidate, plot_learning_curve, reward_rise
 from rlprompt.models import load_model
 from rlprompt.policy import PromptPolicy
 from rlprompt.prompting import check_prompt_text
 from rlprompt.rewards.factory import reward_from_config
+from rlprompt.targets.cache import CachedTarget, CallCounter
 from rlprompt.task import Scenario, load_task
 from rlprompt.trainer import TASK_LEVEL_CONTEXT, PPOTrainer
 
@@ -47,6 +49,8 @@ def build_trainer(run: RunConfig, run_dir: Path, accelerator=None) -> PPOTrainer
     task = load_task(run.task.name, run.task.path)
     cache = build_cache(run.cache)
     world = accelerator.num_processes if accelerator else 1
+    if run.resume:  # before any model loads: a changed config or process count fails in seconds
+        check_resume(run, Path(run.resume), world)
     budget = None if run.optimizer.budget is None else run.optimizer.budget // world
     target = build_target(run.target, cache, budget=budget)
     reward = reward_from_config(run.reward, task, cache)
@@ -103,10 +107,15 @@ def prompt_lookup(prompts: dict):
     return prompt_for
 
 
-def evaluate_run(trainer: PPOTrainer, prompts: dict) -> dict:
+def evaluate_run(trainer: PPOTrainer, prompts: dict, target: CachedTarget | None = None) -> dict:
+    """Learned prompts vs the base instruction on `run.eval.splits`. `target` defaults to the
+    trainer's model on its own unbudgeted "eval" counter: evaluation is never charged to
+    `optimizer.budget` (as in rlprompt/comparison.py)."""
     run, task = trainer.run, trainer.task
+    target = target if target is not None else trainer.target.with_counter(CallCounter(role="eval"))
     reward = trainer.reward
     summary: dict = {"splits": {}}
+    pooled: dict[str, list[EvalResult]] = {}  # the decision split: every held-out split but val
     for split in run.eval.splits:
         results: dict[str, EvalResult] = {}
         for name, prompt_for in (
@@ -117,7 +126,7 @@ def evaluate_run(trainer: PPOTrainer, prompts: dict) -> dict:
                 task,
                 split,
                 prompt_for,
-                trainer.target,
+                target,
                 reward.reward,
                 trainer.params,
                 run.eval.max_scenarios,
@@ -132,6 +141,8 @@ def evaluate_run(trainer: PPOTrainer, prompts: dict) -> dict:
         l_ci, b_ci = entry["learned"]["reward"], entry["base_instruction"]["reward"]
         entry["cis_overlap"] = not (l_ci["ci_low"] > b_ci["ci_high"] or b_ci["ci_low"] > l_ci["ci_high"])
         summary["splits"][split] = entry
+        pooled.setdefault("learned", []).append(learned)
+        pooled.setdefault("base_instruction", []).append(base)
         log.info(
             "%s: learned %.3f [%.3f, %.3f]  base %.3f [%.3f, %.3f]  diff %s",
             split,
@@ -143,7 +154,94 @@ def evaluate_run(trainer: PPOTrainer, prompts: dict) -> dict:
             b_ci["ci_high"],
             diff,
         )
+    held_out = [i for i, r in enumerate(pooled.get("learned", [])) if r.split != "val"]
+    if len(held_out) >= 2:
+        learned, base = (
+            concat_results([pooled[k][i] for i in held_out]) for k in ("learned", "base_instruction")
+        )
+        entry = {
+            name: r.summary(run.eval.confidence, run.eval.bootstrap)
+            for name, r in (("learned", learned), ("base_instruction", base))
+        }
+        entry["learned_minus_base"] = paired_difference(
+            learned, base, run.eval.confidence, run.eval.bootstrap
+        ).as_dict()
+        entry["win_rate_vs_base"] = win_rate(learned, base)
+        summary["splits"][learned.split] = entry
     return summary
+
+
+def verdict_line(summary: dict) -> str:
+    """One line: does the learned prompt beat the base instruction on the pooled held-out splits?"""
+    pooled = [k for k in summary["splits"] if "+" in k] or list(summary["splits"])[-1:]
+    if not pooled:
+        return "no evaluation split"
+    split = pooled[0]
+    d, n = summary["splits"][split]["learned_minus_base"], summary["splits"][split]["learned"]["n"]
+    ci = f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] (paired 95% CI, n={n} scenarios)"
+    if d["ci_low"] > 0:
+        return f"The learned prompt BEATS the base instruction on {split}: {ci}."
+    if d["ci_high"] < 0:
+        return f"The learned prompt is WORSE than the base instruction on {split}: {ci}."
+    return f"No detectable difference between the learned prompt and the base instruction on {split}: {ci}."
+
+
+def concat_results(results: list[EvalResult]) -> EvalResult:
+    """Several splits' results as one (same order for every method, so pairs stay aligned)."""
+    return EvalResult(
+        split="+".join(r.split for r in results),
+        scenario_ids=[i for r in results for i in r.scenario_ids],
+        rewards=np.concatenate([r.rewards for r in results]),
+        parts={k: np.concatenate([r.parts[k] for r in results]) for k in results[0].parts},
+        system_prompts=[p for r in results for p in r.system_prompts],
+        replies=[x for r in results for x in r.replies],
+    )
+
+
+def select_task_prompt(trainer: PPOTrainer, prompts: dict, target: CachedTarget) -> dict | None:
+    """Ship the candidate task-level prompt with the best `val` reward (RLPrompt's model selection).
+
+    Candidates: the policy's greedy prompt at `eval.select_checkpoints` checkpoints (early stopping)
+    and its `eval.select_samples` best-rewarded sampled prompts. Val is then spent on selection, so
+    the claim rests on test + heldout_persona. Returns the selection table, or None when off.
+    """
+    run, task = trainer.run, trainer.task
+    candidates = trainer.learning.candidates()
+    final = prompts["task_level"]
+    if final["text"] not in {c.text for c in candidates}:
+        candidates.append(Candidate(final["text"], final["action_ids"], f"greedy@{trainer.step_index}"))
+    if len(candidates) < 2:
+        return None
+
+    def on_val(system_prompt: str) -> EvalResult:
+        return evaluate(
+            task, "val", lambda s: system_prompt, target, trainer.reward.reward, trainer.params,
+            run.eval.max_scenarios, run.reward.turns, trainer.reward.customer,
+        )  # fmt: skip
+
+    rows = [(c, on_val(trainer.system_prompt(c.text))) for c in candidates]
+    base = on_val(task.base_instruction)
+    best, _ = max(rows, key=lambda row: float(row[1].rewards.mean()))
+    check_prompt_text(best.text, "selected prompt")
+    prompts["task_level"] = {
+        "text": best.text,
+        "action_ids": best.action_ids,
+        "system_prompt": trainer.system_prompt(best.text),
+    }
+    return {
+        "split": "val",
+        "chosen": best.text,
+        "chosen_source": best.source,
+        "base_val": float(base.rewards.mean()),
+        "candidates": [
+            {
+                **asdict(c),
+                "val_reward": float(r.rewards.mean()),
+                "val_minus_base": float((r.rewards - base.rewards).mean()),
+            }
+            for c, r in rows
+        ],
+    }
 
 
 def run_training(run: RunConfig, run_dir: Path, accelerator=None) -> dict | None:
@@ -156,12 +254,16 @@ def run_training(run: RunConfig, run_dir: Path, accelerator=None) -> dict | None
     if not trainer.is_main:
         return None
     prompts = learned_prompts(trainer)
+    train_seconds = trainer.train_seconds
+    eval_target = trainer.target.with_counter(CallCounter(role="eval"))  # outside the budget
+    selection = None
+    if run.eval.select_checkpoints or run.eval.select_samples:
+        selection = select_task_prompt(trainer, prompts, eval_target)
     write_json(run_dir / "prompts.json", prompts)
     (run_dir / "prompt.txt").write_text(prompts["task_level"]["system_prompt"] + "\n")
-    train_seconds = trainer.train_seconds
-    calls_before_eval = trainer.target.counter.calls
-    summary = evaluate_run(trainer, prompts)
-    counter = trainer.target.counter
+    summary = evaluate_run(trainer, prompts, eval_target)
+    write_learning_curve(run_dir / "learning_curve.png", trainer, selection)
+    counter = trainer.target.counter  # training: this rank's; target_calls sums all ranks
     summary.update(
         {
             "task": run.task.name,
@@ -169,8 +271,9 @@ def run_training(run: RunConfig, run_dir: Path, accelerator=None) -> dict | None
             "steps": trainer.step_index,
             "processes": trainer.world,
             "target_calls": total_calls,
-            "eval_target_calls": counter.calls - calls_before_eval,
+            "eval_target_calls": eval_target.counter.calls,
             "cache_hits": counter.cache_hits,
+            "eval_cache_hits": eval_target.counter.cache_hits,
             "retries": counter.retries,
             "reward_calls": {k: c.calls for k, c in trainer.reward.counters.items()},
             "train_seconds": train_seconds,
@@ -178,8 +281,21 @@ def run_training(run: RunConfig, run_dir: Path, accelerator=None) -> dict | None
             "target_completion_tokens": counter.completion_tokens,
             "wall_seconds": time.perf_counter() - started,
             "task_level_prompt": prompts["task_level"]["text"],
+            "selection": selection,
+            "training_reward": {"steps": trainer.learning.steps, "mean": trainer.learning.reward},
+            "training_reward_rise": reward_rise(trainer.learning.reward),
             "config": asdict(run),
         }
     )
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def write_learning_curve(path: Path, trainer: PPOTrainer, selection: dict | None) -> None:
+    """learning_curve.png: training reward per step + the greedy prompt's val reward at checkpoints."""
+    checkpoints = []
+    for row in (selection or {}).get("candidates", []):
+        if row["source"].startswith("greedy@"):
+            checkpoints.append((int(row["source"].split("@")[1]), row["val_reward"]))
+    base_val = selection["base_val"] if selection else None
+    plot_learning_curve(path, trainer.learning.steps, trainer.learning.reward, sorted(checkpoints), base_val)

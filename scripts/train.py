@@ -35,7 +35,7 @@ def train(cfg: DictConfig) -> None:
     preflight(run)  # before the heavy imports below: a typo fails in a second
 
     from rlprompt.distributed import make_accelerator, shared_run_dir
-    from rlprompt.training_run import run_training
+    from rlprompt.training_run import run_training, verdict_line
 
     accelerator = make_accelerator()
     run_dir = shared_run_dir(Path(run.resume or HydraConfig.get().runtime.output_dir), accelerator)
@@ -51,6 +51,7 @@ def train(cfg: DictConfig) -> None:
                 f"  {split:16s} learned {learned['mean']:.3f} [{learned['ci_low']:.3f}, {learned['ci_high']:.3f}]"
                 f"   base instruction {base['mean']:.3f} [{base['ci_low']:.3f}, {base['ci_high']:.3f}]"
             )
+        print(verdict_line(summary))
 
 
 def preflight(run) -> None:

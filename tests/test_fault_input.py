@@ -316,3 +316,82 @@ def test_lora_guard_in_the_policy_and_in_the_comparison_plan():
         plan_runs(
             lambda o: validate(compose(config_name="config", overrides=o)), ["policy.head=lora"], 24, [0]
         )
+
+
+# ---------------------------------------------------------------------- inputs too long for a model
+
+LONG_TURN = " ".join(["I need a reliable family car with good mileage and"] * 300)  # 3,000 words
+
+
+@pytest.mark.slow
+def test_a_long_scenario_fails_fast_before_generation_naming_it(monkeypatch):
+    """A 3,000-word customer turn fits SmolLM2's 8k window but made a step run for minutes without a
+    word: the default target.max_input_tokens refuses it before the model runs, naming the scenario."""
+    import dataclasses
+    import time
+
+    from rlprompt.build import build_target
+    from rlprompt.config import TargetConfig
+    from rlprompt.conversation import run_conversations
+    from rlprompt.errors import UserError
+    from rlprompt.targets.base import GenerationParams
+
+    target = build_target(TargetConfig(dtype="float32"), cache=None)
+    model = target.inner.model
+
+    def generate(*args, **kwargs):
+        raise AssertionError("the model generated from an over-long input")
+
+    monkeypatch.setattr(model, "generate", generate)
+    task = load_task("car_sales")
+    short = task.split("val")[0]
+    long = dataclasses.replace(short, id="car-long-1", customer=LONG_TURN)
+    started = time.perf_counter()
+    with pytest.raises(UserError) as info:
+        run_conversations(target, [short, long], ["Be brief."] * 2, GenerationParams(max_new_tokens=8))
+    assert time.perf_counter() - started < 10
+    message = str(info.value)
+    assert "scenario 'car-long-1'" in message and short.id not in message, message
+    assert "over the input limit of 2048" in message and "target.max_input_tokens" in message, message
+    assert "8192" in message  # the model's context window, the most the setting can allow
+    assert target.counter.calls == 0  # nothing was generated, nothing is counted
+
+
+@pytest.mark.slow
+def test_a_policy_prefix_over_the_backbone_window_is_refused_before_the_backbone_runs(monkeypatch):
+    import rlprompt.action_spaces as action_spaces
+    from rlprompt.config import PolicyConfig
+    from rlprompt.errors import UserError
+    from rlprompt.models import load_model
+    from rlprompt.policy import PromptPolicy
+
+    backbone, tokenizer = load_model("smollm2-135m-instruct", "float32")
+    cfg = PolicyConfig(prefix_template="{context} " + LONG_TURN * 3)  # ~9,000 tokens
+    policy = PromptPolicy(cfg, load_task("car_sales"), backbone, tokenizer)
+
+    def forward(*args, **kwargs):
+        raise AssertionError("the backbone ran on an over-long prefix")
+
+    monkeypatch.setattr(action_spaces, "_forward", forward)
+    with pytest.raises(UserError) as info:
+        policy.sample(["Newbie, Introduction, low urgency."])
+    message = str(info.value)
+    assert "policy prefix" in message and "8192" in message and "policy.prefix_template" in message, message
+
+
+@pytest.mark.slow
+def test_generation_computes_vocabulary_logits_for_the_last_position_only(smollm2):
+    """Prefill memory stays bounded: generate asks the model for the last position's logits only
+    (transformers sets logits_to_keep=1 where the model supports it), not (batch, length, vocab)."""
+    from rlprompt.targets.base import GenerationParams
+
+    head = smollm2.model.get_output_embeddings()
+    positions: list[int] = []
+    hook = head.register_forward_hook(lambda module, args, out: positions.append(args[0].shape[1]))
+    try:
+        smollm2.generate(
+            [[{"role": "user", "content": LONG_TURN[:2000]}]], GenerationParams(max_new_tokens=2)
+        )
+    finally:
+        hook.remove()
+    assert positions and max(positions) == 1, positions

@@ -95,6 +95,12 @@ def checkpoint(run_dir: Path, step: int) -> dict:
     return torch.load(run_dir / "checkpoints" / f"step_{step:06d}" / "state.pt", weights_only=False)
 
 
+def target_counter(run_dir: Path, step: int, rank: int = 0) -> dict:
+    """A rank's target call counter at a checkpoint (each rank's counters are in its rank file)."""
+    path = run_dir / "checkpoints" / f"step_{step:06d}" / f"rng_rank{rank}.pt"
+    return torch.load(path, weights_only=False)["counters"]["target"]
+
+
 def kill_mid_step(process: subprocess.Popen, run_dir: Path, cache: Path, deadline_s: float = 200) -> None:
     """SIGKILL once a step >= 2 has paid for its replies (cache rows beyond the last checkpoint's
     call count) but before its checkpoint is written (the PPO update takes ~0.5 s in between)."""
@@ -105,7 +111,7 @@ def kill_mid_step(process: subprocess.Popen, run_dir: Path, cache: Path, deadlin
             pytest.fail(f"the run ended before it could be killed:\n{finish(process)[-3000:]}")
         step = latest_step(run_dir)
         if step is not None and step >= 2 and step != seen_step:
-            seen_step, calls_at_step = step, checkpoint(run_dir, step)["counters"]["target"]["calls"]
+            seen_step, calls_at_step = step, target_counter(run_dir, step)["calls"]
         if seen_step is not None and cache_rows(cache) > calls_at_step:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -131,8 +137,8 @@ def test_sigkill_mid_step_then_resume_is_exact_and_reuses_paid_replies(tmp_path)
     # What the kill left: a whole checkpoint at step k < 4, plus X paid-for replies of step k + 1.
     k = latest_step(split_dir)
     assert k is not None and 2 <= k < 4
-    at_kill = checkpoint(split_dir, k)
-    paid_after_checkpoint = cache_rows(split_cache) - at_kill["counters"]["target"]["calls"]
+    at_kill = target_counter(split_dir, k)
+    paid_after_checkpoint = cache_rows(split_cache) - at_kill["calls"]
     assert paid_after_checkpoint > 0
 
     # Resume without hydra.run.dir: Hydra makes a fresh output folder (its own .hydra/) under the
@@ -156,8 +162,13 @@ def test_sigkill_mid_step_then_resume_is_exact_and_reuses_paid_replies(tmp_path)
         assert torch.equal(a["policy"][name], b["policy"][name]), name
     moved = checkpoint(full_dir, 1)["policy"]
     assert any(not torch.equal(moved[n], a["policy"][n]) for n in moved), "training moved the weights"
-    assert a["history"] == b["history"]
-    assert checkpoint(full_dir, k)["counters"]["target"] == at_kill["counters"]["target"]
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for name, adam in a["optimizer"]["state"].items():  # Adam moments and step counts
+        assert all(
+            torch.equal(torch.as_tensor(v), torch.as_tensor(b["optimizer"]["state"][name][k]))
+            for k, v in adam.items()
+        )
+    assert target_counter(full_dir, k) == at_kill
     full_prompts = json.loads((full_dir / "prompts.json").read_text())
     assert full_prompts == json.loads((split_dir / "prompts.json").read_text())
 
@@ -215,3 +226,88 @@ def test_a_damaged_checkpoint_is_a_clear_user_error(tmp_path):
         Checkpointer(folder, 0, True).load_latest()
     with pytest.raises(UserError, match=r"latest\.json missing"):
         Checkpointer(tmp_path / "nowhere", 0, True).load_latest()
+
+
+ECHO = ["target.name=rank_echo", f"reward.plugins=[{ROOT / 'tests' / 'rank_fault.py'}]"]  # no target model
+QUICK_RUN = [
+    *ECHO,
+    "optimizer.contexts_per_step=2",
+    "optimizer.prompts_per_context=2",
+    "eval.max_scenarios=2",
+    "eval.splits=[val]",
+    "eval.bootstrap=200",
+    "reward=rubric",
+    "threads=1",
+]
+
+
+def train_now(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(TRAIN), *QUICK_RUN, *overrides],
+        cwd=cwd,
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_changed_config_or_process_count(tmp_path):
+    run_dir, cache = tmp_path / "run", tmp_path / "c.sqlite"
+    first = train_now(tmp_path, "optimizer.steps=1", f"hydra.run.dir={run_dir}", f"cache.path={cache}")
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    # what the run learns changed: refused before any model loads, each key named old → new
+    changed = train_now(
+        tmp_path, "optimizer.steps=2", "policy.prompt_length=7", "optimizer.lr=0.001", f"resume={run_dir}"
+    )
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    errors = error_lines(changed)
+    assert len(errors) == 1 and "Traceback" not in changed.stderr, changed.stderr[-3000:]
+    assert "policy.prompt_length: 5 → 7" in errors[0] and "optimizer.lr: 2e-05 → 0.001" in errors[0]
+    assert "optimizer.steps" not in errors[0].split("A resume may change only")[0]  # steps may change
+    assert "resumed from" not in changed.stderr
+    assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"] == 1
+
+    # what may change: more steps, another evaluation, thread count
+    extended = train_now(tmp_path, "optimizer.steps=2", "eval.max_scenarios=1", f"resume={run_dir}")
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 2
+
+    # the run had 2 processes (one rank file each): a 1-process resume is refused with the fix
+    step_dir = run_dir / "checkpoints" / "step_000002"
+    (step_dir / "rng_rank1.pt").write_bytes((step_dir / "rng_rank0.pt").read_bytes())
+    pointer = run_dir / "checkpoints" / "latest.json"
+    pointer.write_text(json.dumps({**json.loads(pointer.read_text()), "processes": 2}))
+    fewer = train_now(tmp_path, "optimizer.steps=3", f"resume={run_dir}")
+    assert fewer.returncode == 2, fewer.stderr[-3000:]
+    errors = error_lines(fewer)
+    assert len(errors) == 1, fewer.stderr[-3000:]
+    assert "trained with 2 process(es) and this launch has 1" in errors[0]
+    assert "--num_processes 2" in errors[0]
+
+
+def test_a_checkpoint_without_a_recorded_config_is_compared_with_the_runs_hydra_config(tmp_path):
+    """Checkpoints written before latest.json recorded the config: .hydra/config.yaml stands in."""
+    from dataclasses import replace
+
+    from omegaconf import OmegaConf
+
+    from rlprompt.checkpoint import check_resume
+    from rlprompt.config import RunConfig
+
+    run = RunConfig()
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(run)))
+    Checkpointer(tmp_path / "checkpoints", 0, True).save(1, {"step": 1}, {"rng": 1})  # no meta
+    check_resume(replace(run, threads=1, optimizer=replace(run.optimizer, steps=200)), tmp_path, 1)
+    changed = replace(run, policy=replace(run.policy, prompt_length=7))
+    with pytest.raises(UserError, match=r"config\.yaml\): policy\.prompt_length: 5 → 7\. A resume may"):
+        check_resume(changed, tmp_path, 1)
+    with pytest.raises(UserError, match=r"trained with 1 process\(es\) and this launch has 2"):
+        check_resume(run, tmp_path, 2)

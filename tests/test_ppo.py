@@ -28,6 +28,19 @@ def test_zscore_per_group_matches_rlprompt_formula():
     assert z[5].item() == 0.0
 
 
+def test_zscore_std_floor_keeps_near_ties_small():
+    # group 0 barely differs (std 0.01), group 1 clearly (std 1.0); floor 0.5
+    reward = torch.tensor([1.00, 1.02, 0.0, 2.0])
+    group = torch.tensor([0, 0, 1, 1])
+    plain = ppo.zscore_per_group(reward, group)
+    floored = ppo.zscore_per_group(reward, group, min_std=0.5)
+    assert plain[:2].tolist() == pytest.approx([-1.0, 1.0], abs=1e-2)  # noise blown up to +-1
+    assert floored[:2].tolist() == pytest.approx([-0.01 / 0.5, 0.01 / 0.5], rel=1e-3)
+    assert floored[2:].tolist() == pytest.approx(plain[2:].tolist())  # above the floor: unchanged
+    cfg = ppo.StabilizerConfig(shaping=False, zscore=True, reward_clip=0.0, zscore_min_std=0.5)
+    assert ppo.stabilize(reward, group, 0.0, 2.0, cfg).tolist() == pytest.approx(floored.tolist())
+
+
 def test_clip_rewards_and_switch_off():
     r = torch.tensor([-5.0, 0.5, 4.0])
     assert ppo.clip_rewards(r, 3.0).tolist() == [-3.0, 0.5, 3.0]

@@ -1,5 +1,5 @@
 """The cheapest hacks a prompt optimizer finds must not beat an honest good reply under the
-training reward (configs/reward/sales_default.yaml: rubric + similarity + length + repetition)."""
+training reward (configs/reward/sales_default.yaml: preference + expert + repetition)."""
 
 from __future__ import annotations
 
@@ -72,4 +72,6 @@ def test_hacks_do_not_beat_a_good_reply(setup, scenario_id):
             assert total < totals["good"], (name, totals, {k: v.tolist() for k, v in batch.parts.items()})
     # each hack is caught by a named mechanism, not only by the total
     assert batch.parts["repetition"][list(replies).index("self_repeating")] < -0.5
-    assert batch.parts["length"][list(replies).index("overlong")] < 0
+    reasons = dict(zip(replies, batch.reasons["expert"]))
+    assert "concise=0.00" in reasons["overlong"] or "concise=0.5" in reasons["overlong"]
+    assert "stuffing" in reasons["keyword_stuffing"]

@@ -226,3 +226,58 @@ def test_reward_config_files_validate(name):
     reward = validate({"reward": raw}).reward
     assert reward.name == name and set(reward.modules) <= set(REWARDS.names())
     assert set(reward.options) <= set(reward.modules)
+
+
+# ------------------------------------------------------------------ what a sales expert checks
+
+
+def scenario_of(task, **context):
+    return next(s for s in task.scenarios if all(getattr(s, k) == v for k, v in context.items()))
+
+
+def test_expert_module_sees_what_a_sales_manager_sees(task):
+    expert = REWARDS.get("expert")(task=task)
+    intro_low = scenario_of(task, stage="Introduction", urgency="low")
+    intro_high = scenario_of(task, stage="Introduction", urgency="high")
+    good = "Thanks for coming in! Happy to help you find the right car. What will you mostly use it for?"
+    base, reason = expert.score_reply(intro_low, good)
+    assert "question=1.00" in reason and ";" not in reason  # no conduct check failed
+    cases = {
+        "role_break": "I'm sorry, but as an AI I'm not equipped to help with cars. What do you need?",
+        "rude": "Honestly, you really should know this already. What will you mostly use it for?",
+        "pressure": "Happy to help! Prices are going up, so sign today. What will you use it for?",
+        "invented": "Happy to help! The 2022 Ford F-150 is $2,000 off this week. What will you use it for?",
+        "stuffing": "Thank you, happy to help! Reliable, reliability, warranty, budget, safe, safety, test drive?",
+    }
+    for flag, reply in cases.items():
+        score, reason = expert.score_reply(intro_low, reply, intro_low.customer)
+        assert flag in reason and score < base, (flag, reason)
+    pushy = "Happy to help! Prices are going up, so sign today. What will you use it for?"
+    assert expert.score_reply(intro_high, pushy)[0] > expert.score_reply(intro_low, pushy)[0]
+    # a question barrage is an interrogation, not discovery
+    barrage = "What budget? What size? What colour? Which engine? When do you buy? Who drives it?"
+    assert "question=0.00" in expert.score_reply(intro_low, barrage)[1]
+    # figures the customer gave are not invented
+    said = "My 2015 hatchback has 120000 miles on it."
+    assert "invented" not in expert.score_reply(intro_low, "A 2015 hatchback is a fine trade-in.", said)[1]
+    assert expert.score_reply(intro_low, "")[0] == 0.0
+    with pytest.raises(RewardError, match="Valid: question, next_step, concise, warm"):
+        REWARDS.get("expert")(task=task, weights={"charm": 1.0})
+
+
+def test_relevance_prefers_the_reply_about_what_the_customer_asked(task):
+    relevance = REWARDS.get("relevance")(task=task)
+    s = scenario_of(task, stage="Exploration", persona="Investor")
+    on_topic = sample(task, s.id, "Good question. " + s.customer.split("?")[0] + ": here is how it compares.")
+    off_topic = sample(task, s.id, "Our dealership opened in 1987 and the coffee in the lounge is excellent.")
+    scores = [r.score for r in relevance.score([on_topic, off_topic])]
+    assert scores[0] > scores[1] + 0.2
+    with pytest.raises(RewardError, match="band"):
+        REWARDS.get("relevance")(task=task, band=(0.6, 0.1))
+
+
+def test_preference_model_ranks_the_hand_written_pairs(task):
+    module = REWARDS.get("preference")(task=task)
+    for good, bad in pair_scores(module, task):
+        assert good > bad + 0.3
+    assert module.score([sample(task, "car-0001", "")])[0].score == 0.0

@@ -154,3 +154,65 @@ def test_resume_gives_identical_head_weights(tmp_path):
     # and training did move the weights (the comparison is not trivially equal)
     fresh = build_trainer(validate(make_run(tmp_path, " the", steps=0, **dict(settings))), tmp_path / "fresh")
     assert any(not torch.equal(a[k], fresh.policy.trainable_state()[k]) for k in a)
+
+
+class TwoRanksInOneProcess:
+    """Stands in for accelerate's Accelerator in the checkpoint code: rank `r` of 2 processes."""
+
+    num_processes = 2
+
+    def __init__(self, rank: int) -> None:
+        self.process_index = rank
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+def test_each_rank_resumes_its_own_call_counters(tmp_path):
+    """Ranks spend different numbers of calls (cache hits differ), so each rank's counters are
+    checkpointed in its own rank file and come back to that rank: per-rank budgets and the summed
+    target_calls stay right after a resume."""
+    run = validate(make_run(tmp_path, "x", steps=1, contexts_per_step=2, prompts_per_context=2))
+    rank1, rank0 = (build_trainer(run, tmp_path / "run", TwoRanksInOneProcess(r)) for r in (1, 0))
+    spent = {0: (11, 5), 1: (3, 13)}  # rank → (calls, cache hits)
+    for rank, trainer in ((1, rank1), (0, rank0)):  # rank 0 writes state.pt and latest.json last
+        trainer.target.counter.calls, trainer.target.counter.cache_hits = spent[rank]
+        trainer.save()
+    for rank, trainer in ((0, rank0), (1, rank1)):
+        trainer.target.counter.calls = trainer.target.counter.cache_hits = 0
+        trainer.load(tmp_path / "run")
+        counter = trainer.target.counter
+        assert (counter.calls, counter.cache_hits) == spent[rank], f"rank {rank}"
+
+
+def test_resume_refuses_a_checkpoint_whose_head_does_not_match(tmp_path):
+    from rlprompt.errors import UserError
+
+    trainer = build_trainer(validate(make_run(tmp_path, "x", steps=1)), tmp_path / "run")
+    trainer.save()
+    state_file = tmp_path / "run" / "checkpoints" / "step_000000" / "state.pt"
+    state = torch.load(state_file, weights_only=False)
+    weights = state["policy"]
+    renamed = next(k for k in weights if k.endswith("weight"))
+    weights[renamed.replace("weight", "kernel")] = weights.pop(renamed)  # e.g. a head saved by other code
+    torch.save(state, state_file)
+    with pytest.raises(UserError) as info:
+        trainer.load(tmp_path / "run")
+    message = str(info.value)
+    assert renamed in message and renamed.replace("weight", "kernel") in message, message
+
+
+def test_checkpoint_holds_only_what_resume_reads(tmp_path):
+    """No per-step history (it grew with every checkpoint and nothing read it); reward statistics
+    are the one value read (the progress bar's last mean); counters live in the rank files."""
+    run = validate(make_run(tmp_path, "x", steps=3, contexts_per_step=2, prompts_per_context=2))
+    trainer = build_trainer(run, tmp_path / "run")
+    trainer.train()
+    step_dir = tmp_path / "run" / "checkpoints" / "step_000003"
+    state = torch.load(step_dir / "state.pt", weights_only=False)
+    assert "history" not in state and "counters" not in state, sorted(state)
+    assert {"step", "policy", "optimizer", "reward_stats"} <= set(state)
+    assert state["reward_stats"] == {"last_mean": trainer.reward_stats.last_mean}
+    assert not hasattr(trainer, "history")
+    rank = torch.load(step_dir / "rng_rank0.pt", weights_only=False)
+    assert rank["counters"]["target"] == trainer.target.counter.state_dict()

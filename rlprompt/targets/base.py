@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
+from rlprompt.errors import UserError
+
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 Conversation = list[Message]
 
@@ -68,3 +70,15 @@ class PartialGenerationError(Exception):
     def __init__(self, message: str, completed: dict[int, Reply]) -> None:
         super().__init__(message)
         self.completed = completed  # index in the batch → reply
+
+
+class InputTooLong(UserError):
+    """A conversation is longer than the target (or policy) may read; raised before any call.
+
+    `conversation` is the offending request, so callers that know the scenarios
+    (`conversation.run_conversations`) can name the scenario.
+    """
+
+    def __init__(self, message: str, conversation: Conversation | None = None) -> None:
+        super().__init__(message)
+        self.conversation = conversation

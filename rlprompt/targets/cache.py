@@ -168,6 +168,11 @@ class CachedTarget:
         self.counter = counter or CallCounter()
         self.target_id = inner.target_id
 
+    def with_counter(self, counter: CallCounter) -> CachedTarget:
+        """The same model and cache, counted on `counter` (evaluation next to a budgeted optimization:
+        its calls are never charged to the budget). API retries stay on the inner target's counter."""
+        return CachedTarget(self.inner, self.cache, counter)
+
     def generate(self, conversations: list[Conversation], params: GenerationParams) -> list[Reply]:
         keys = [ResponseCache.key(self.target_id, c, params) for c in conversations]
         found = self.cache.get_many(keys) if self.cache is not None else {}

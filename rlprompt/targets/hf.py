@@ -20,8 +20,14 @@ from dataclasses import dataclass
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from rlprompt.models import is_chat_model, load_model
-from rlprompt.targets.base import Conversation, GenerationParams, Reply, validate_conversation
+from rlprompt.models import context_window, is_chat_model, load_model
+from rlprompt.targets.base import (
+    Conversation,
+    GenerationParams,
+    InputTooLong,
+    Reply,
+    validate_conversation,
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ class HFTarget:
         batch_size: int = 16,
         completion_format: CompletionFormat | None = None,
         loaded: tuple | None = None,
+        max_input_tokens: int | None = None,
     ) -> None:
         self.model_name = model
         self.model, self.tokenizer = loaded if loaded is not None else load_model(model, dtype)
@@ -83,6 +90,8 @@ class HFTarget:
         self.format = "chat" if chat else "completion"
         self.completion = completion_format or CompletionFormat()
         self.batch_size = batch_size
+        self.max_input_tokens = max_input_tokens  # None: the context window alone (less the reply)
+        self.context_window = context_window(self.model)
         self.target_id = f"hf:{model}:{dtype}:{self.format}"
 
     def render(self, conversation: Conversation) -> str:
@@ -97,6 +106,7 @@ class HFTarget:
     @torch.inference_mode()
     def generate(self, conversations: list[Conversation], params: GenerationParams) -> list[Reply]:
         texts = [self.render(c) for c in conversations]
+        self.check_lengths(conversations, texts, params)  # before any generation
         # Similar lengths in one batch waste less compute on padding.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         replies: list[Reply | None] = [None] * len(texts)
@@ -105,6 +115,44 @@ class HFTarget:
             for i, reply in zip(idx, self._generate_batch([texts[i] for i in idx], params)):
                 replies[i] = reply
         return replies  # type: ignore[return-value]
+
+    def input_limit(self, params: GenerationParams) -> int | None:
+        """Most prompt tokens a request may have: `max_input_tokens`, capped by the context window
+        less the reply's `max_new_tokens`."""
+        room = None if self.context_window is None else self.context_window - params.max_new_tokens
+        limits = [x for x in (self.max_input_tokens, room) if x is not None]
+        return min(limits) if limits else None
+
+    def check_lengths(
+        self, conversations: list[Conversation], texts: list[str], params: GenerationParams
+    ) -> None:
+        """Refuse a request longer than `input_limit`, naming it, its length, the limit and the fix.
+
+        Long inputs do not fail on their own: a few thousand tokens fit the window but make a CPU
+        step run for minutes without a word (and a request past the window degrades silently).
+        """
+        limit = self.input_limit(params)
+        if limit is None:
+            return
+        add_special = self.format == "completion"
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=add_special)["input_ids"]]
+        for i, n in enumerate(lengths):
+            if n > limit:
+                room = None if self.context_window is None else self.context_window - params.max_new_tokens
+                window = (
+                    f"{self.model_name}'s context window is {self.context_window} tokens, "
+                    f"{params.max_new_tokens} of them kept for the reply"
+                    if self.context_window is not None
+                    else f"{self.model_name}'s context window is unknown"
+                )
+                raise InputTooLong(
+                    f"request {i + 1} of {len(texts)} to {self.target_id} is {n} tokens, over the input "
+                    f"limit of {limit} (target.max_input_tokens={self.max_input_tokens or 0}; {window}); "
+                    "nothing was generated. Shorten the scenario's customer turn or history, or raise "
+                    f"target.max_input_tokens{f' (at most {room})' if room is not None else ''} if the "
+                    "slower steps are acceptable",
+                    conversations[i],
+                )
 
     def _generate_batch(self, texts: list[str], params: GenerationParams) -> list[Reply]:
         tok = self.tokenizer

@@ -1,0 +1,143 @@
+"""What a run learned, step by step: the reward curve, the greedy prompt at checkpoints, and the
+best-rewarded sampled prompts — the raw material for `learning_curve.png`, for the
+"did the training reward rise" statistic and for picking the shipped prompt on `val`.
+
+Kept apart from the PPO loop so the loop stays one screen long; checkpointed with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Candidate:
+    """A task-level prompt the run produced, with what training saw of it."""
+
+    text: str
+    action_ids: list[int]
+    source: str  # "greedy@<step>" or "sample@<step>"
+    train_reward: float | None = None  # mean raw training reward of its conversations (samples)
+    conversations: int = 0
+
+
+@dataclass
+class LearningLog:
+    """Per-step training reward, greedy prompts at checkpoints, and the top sampled prompts."""
+
+    keep_samples: int = 0
+    steps: list[int] = field(default_factory=list)
+    reward: list[float] = field(default_factory=list)  # mean raw reward of each step's conversations
+    diagnostics: list[dict[str, float]] = field(default_factory=list)  # per step (trainer.step_diagnostics)
+    greedy: list[Candidate] = field(default_factory=list)
+    samples: dict[str, Candidate] = field(default_factory=dict)  # text → best-known sample
+
+    def record_step(self, step: int, mean_reward: float, diagnostics: dict[str, float] | None = None) -> None:
+        self.steps.append(step)
+        self.reward.append(mean_reward)
+        self.diagnostics.append(diagnostics or {})
+
+    def record_samples(
+        self, step: int, prompts: list[str], ids: list[list[int]], rewards: list[float], n: list[int]
+    ) -> None:
+        """Pool each sampled prompt's conversations (a prompt sampled twice averages both draws)."""
+        if self.keep_samples <= 0:
+            return
+        for text, action_ids, reward, count in zip(prompts, ids, rewards, n):
+            known = self.samples.get(text)
+            if known is None:
+                self.samples[text] = Candidate(text, action_ids, f"sample@{step}", reward, count)
+            else:
+                total = known.conversations + count
+                known.train_reward = (known.train_reward * known.conversations + reward * count) / total
+                known.conversations = total
+        if len(self.samples) > 50 * self.keep_samples:  # bounded memory over long runs
+            best = sorted(self.samples.values(), key=lambda c: -c.train_reward)[: 10 * self.keep_samples]
+            self.samples = {c.text: c for c in best}
+
+    def record_greedy(self, step: int, text: str, action_ids: list[int]) -> None:
+        self.greedy.append(Candidate(text, action_ids, f"greedy@{step}"))
+
+    def candidates(self) -> list[Candidate]:
+        """Distinct prompts to compare on val: every greedy checkpoint, then the top samples."""
+        top = sorted(self.samples.values(), key=lambda c: -c.train_reward)[: self.keep_samples]
+        seen: dict[str, Candidate] = {}
+        for candidate in [*self.greedy, *top]:
+            seen.setdefault(candidate.text, candidate)
+        return list(seen.values())
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict) -> LearningLog:
+        log = cls(state["keep_samples"], state["steps"], state["reward"], state["diagnostics"])
+        log.greedy = [Candidate(**c) for c in state["greedy"]]
+        log.samples = {k: Candidate(**c) for k, c in state["samples"].items()}
+        return log
+
+
+def reward_rise(reward: list[float], window: int = 20, n_boot: int = 2000, confidence: float = 0.95) -> dict:
+    """Mean of the last `window` steps minus the first `window`, with a bootstrap CI over steps.
+
+    Steps are resampled within each window (each step is one batch of fresh conversations).
+    """
+    values = np.asarray(reward, dtype=float)
+    window = min(window, len(values) // 2)
+    if window < 2:
+        return {"window": window, "first": None, "last": None, "mean": None, "ci_low": None, "ci_high": None}
+    first, last = values[:window], values[-window:]
+    rng = np.random.default_rng(0)
+    draws = rng.choice(last, (n_boot, window)).mean(1) - rng.choice(first, (n_boot, window)).mean(1)
+    alpha = (1 - confidence) / 2
+    return {
+        "window": window,
+        "first": float(first.mean()),
+        "last": float(last.mean()),
+        "mean": float(last.mean() - first.mean()),
+        "ci_low": float(np.quantile(draws, alpha)),
+        "ci_high": float(np.quantile(draws, 1 - alpha)),
+    }
+
+
+def plot_learning_curve(
+    path: Path,
+    steps: list[int],
+    reward: list[float],
+    checkpoints: list[tuple[int, float]],
+    base_val: float | None,
+) -> None:
+    """Training reward per step, its moving average, and the greedy prompt's val reward at checkpoints."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    ax.plot(steps, reward, color="#9bbbd9", linewidth=1, label="training reward (step mean)")
+    if len(reward) >= 3:
+        width = max(3, min(10, len(reward) // 5))
+        smooth = np.convolve(reward, np.ones(width) / width, mode="valid")
+        ax.plot(
+            steps[width - 1 :],
+            smooth,
+            color="#1f5f99",
+            linewidth=2.2,
+            label=f"moving average ({width} steps)",
+        )
+    if checkpoints:
+        xs, ys = zip(*checkpoints)
+        ax.plot(xs, ys, "o-", color="#d9661f", linewidth=1.5, label="greedy prompt on val")
+    if base_val is not None:
+        ax.axhline(base_val, color="#555555", linestyle="--", linewidth=1, label="base instruction on val")
+    ax.set_xlabel("PPO step")
+    ax.set_ylabel("reward")
+    ax.set_title("rlprompt: training reward and held-out reward")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

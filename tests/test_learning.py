@@ -1,0 +1,59 @@
+"""The learning log behind learning_curve.png, prompt selection and the reward-rise statistic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rlprompt.learning import LearningLog, plot_learning_curve, reward_rise
+from rlprompt.training_run import verdict_line
+
+
+def test_samples_pool_repeated_draws_and_candidates_put_greedy_first():
+    log = LearningLog(keep_samples=2)
+    log.record_samples(1, ["ask", "pitch", "ask"], [[1], [2], [1]], [0.8, 0.1, 0.4], [3, 3, 1])
+    log.record_samples(2, ["greet"], [[3]], [0.5], [3])
+    assert log.samples["ask"].train_reward == pytest.approx((0.8 * 3 + 0.4 * 1) / 4)
+    assert log.samples["ask"].conversations == 4
+    log.record_greedy(5, "greet", [3])
+    texts = [c.text for c in log.candidates()]
+    assert texts == ["greet", "ask"]  # greedy first; the top-2 samples (ask 0.7, greet 0.5) deduplicated
+    assert log.candidates()[0].source == "greedy@5"
+    restored = LearningLog.from_state(log.state_dict())
+    assert [c.text for c in restored.candidates()] == texts
+    assert restored.samples["ask"].train_reward == log.samples["ask"].train_reward
+    off = LearningLog(keep_samples=0)
+    off.record_samples(1, ["x"], [[1]], [1.0], [1])
+    assert off.samples == {}
+
+
+def test_reward_rise_compares_last_and_first_windows():
+    flat = reward_rise([0.5] * 40)
+    assert flat["mean"] == 0.0 and flat["ci_low"] == 0.0 == flat["ci_high"]
+    rng = np.random.default_rng(1)
+    rising = list(0.3 + rng.normal(0, 0.02, 20)) + list(0.5 + rng.normal(0, 0.02, 20))
+    rise = reward_rise(rising)
+    assert rise["window"] == 20 and rise["mean"] == pytest.approx(0.2, abs=0.02)
+    assert 0.15 < rise["ci_low"] < rise["mean"] < rise["ci_high"] < 0.25
+    short = reward_rise([0.1, 0.2, 0.3])
+    assert short["mean"] is None  # too few steps for two windows
+
+
+def test_learning_curve_png_is_written(tmp_path):
+    path = tmp_path / "learning_curve.png"
+    plot_learning_curve(
+        path, list(range(1, 31)), [0.1 + 0.01 * i for i in range(30)], [(10, 0.2), (30, 0.4)], 0.25
+    )
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_verdict_line_states_the_paired_result():
+    def summary(low, mean, high):
+        entry = {"learned_minus_base": {"mean": mean, "ci_low": low, "ci_high": high}, "learned": {"n": 168}}
+        return {"splits": {"test": entry, "test+heldout_persona": entry}}
+
+    assert verdict_line(summary(0.01, 0.04, 0.07)).startswith(
+        "The learned prompt BEATS the base instruction on test+heldout_persona: +0.040 [+0.010, +0.070]"
+    )
+    assert "WORSE" in verdict_line(summary(-0.07, -0.04, -0.01))
+    assert verdict_line(summary(-0.02, 0.01, 0.04)).startswith("No detectable difference")
