@@ -29,13 +29,17 @@ def guarded(main: Callable[[], object], debug: bool = False) -> object:
         sys.exit(EXIT_USER_ERROR if isinstance(err, UserError) else EXIT_TARGET_ERROR)
 
 
-def check_overrides(overrides: Sequence[str], config_dir: Path, script_keys: Sequence[str] = ()) -> None:
+def check_overrides(
+    overrides: Sequence[str], config_dir: Path | Sequence[Path], script_keys: Sequence[str] = ()
+) -> None:
     """Check command-line overrides against the config groups and `RunConfig` before Hydra composes.
 
     Hydra reports an unknown key (`optimizer.lrr=1`) as "not in struct ... use +optimizer.lrr=1"
     and an unknown group option as a search-path dump; this names the key or option and lists the
     valid ones instead. Only what can be decided from the schema is checked; the rest (value
     types, keys inside free-form dicts) is left to Hydra and `rlprompt.config.validate`.
+    `config_dir` may be several folders (the packaged configs plus a user's `--config-dir`):
+    a group's options are those of every folder.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
@@ -47,14 +51,18 @@ def check_overrides(overrides: Sequence[str], config_dir: Path, script_keys: Seq
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException:
         return  # a syntax error: Hydra's own message points at the character
-    groups = {p.name: p for p in Path(config_dir).iterdir() if p.is_dir()}
+    dirs = [Path(config_dir)] if isinstance(config_dir, (str, Path)) else [Path(d) for d in config_dir]
+    groups: dict[str, set[str]] = {}
+    for folder in (d for d in dirs if d.is_dir()):
+        for group in (p for p in folder.iterdir() if p.is_dir()):
+            groups.setdefault(group.name, set()).update(p.stem for p in group.glob("*.yaml"))
     for override in parsed:
         key = override.key_or_group
         if key.split(".")[0] == "hydra" or override.type == OverrideType.DEL or key in script_keys:
             continue
         if key in groups and not override.is_sweep_override():
             value = override.value()
-            options = sorted(p.stem for p in groups[key].glob("*.yaml"))
+            options = sorted(groups[key])
             if isinstance(value, str) and value not in options:
                 raise ConfigError(
                     f"unknown {key} '{value}' (override '{override.input_line}'). "
@@ -83,8 +91,7 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def main() -> None:  # `rlprompt` console script
-    print(
-        "rlprompt: use `accelerate launch scripts/train.py`, `python scripts/compare.py`, "
-        "`python scripts/score.py`, `python scripts/export.py` or `python scripts/transfer.py`."
-    )
+def main() -> None:  # the `rlprompt` console script: `rlprompt train|compare|score|export|transfer ...`
+    from rlprompt.commands import main as dispatch
+
+    dispatch()

@@ -8,6 +8,7 @@ before any model loads.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -170,6 +171,14 @@ class RunConfig:
     run_dir: str | None = None  # set by the script (Hydra's output dir)
     debug: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, for scripts (compare, transfer)
+
+
+def config_dir() -> Path:
+    """The Hydra config folder: `rlprompt/configs` in an installed package (`configs/` ships as
+    package data), the repository's `configs/` in a checkout (editable installs included)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "configs"
+    return installed if (installed / "config.yaml").is_file() else package.parent / "configs"
 
 
 def validate(cfg: DictConfig | dict) -> RunConfig:

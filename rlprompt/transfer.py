@@ -26,14 +26,14 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rlprompt.config import RunConfig, TargetConfig
+from rlprompt.config import RunConfig, TargetConfig, config_dir
 from rlprompt.errors import ConfigError
 from rlprompt.evaluation import EvalResult, evaluate, paired_difference, win_rate
 from rlprompt.export import EXPORT_JSON, EXPORT_YAML, load_exported, prompt_for, prompt_sources
 
 log = logging.getLogger(__name__)
 DIRECT_FILES = (EXPORT_JSON, "prompts.json", EXPORT_YAML)
-TARGET_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "target"
+TARGET_CONFIGS = config_dir() / "target"
 
 
 @dataclass

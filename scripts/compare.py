@@ -1,66 +1,9 @@
-"""Competing optimizers on one budget: `python scripts/compare.py task=car_sales +budget=160 +seeds=[0,1]`.
+"""Every optimizer on one budget: `python scripts/compare.py +budget=160` = `rlprompt compare`.
 
-Every method of the mode (`+mode=compare`, default, or `+mode=ablation`) runs with the same
-target-call budget and seeds; the report folder (runs/compare/<task>/<time>/, or hydra.run.dir)
-gets report.md, results.json, curves.png, heatmaps.png, usage.png and one run folder per method
-and seed. Other overrides (eval.max_scenarios=24, target.max_new_tokens=32, threads=2, ...)
-apply to every method. Rerunning into the same hydra.run.dir skips finished runs. Logic lives
-in rlprompt/comparison.py and rlprompt/report.py.
+The command lives in rlprompt/commands/compare.py; `--help` lists its keys and the config groups.
 """
 
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from rlprompt.cli import check_overrides, guarded, setup_logging
-
-OWN_KEYS = ("budget", "seeds", "mode")  # this script's `+key=value` options, not RunConfig fields
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    # Inside the Hydra task: Hydra would otherwise print a UserError with a traceback and exit 1.
-    guarded(lambda: compare(cfg))
-
-
-def compare(cfg: DictConfig) -> None:
-    from hydra import compose
-    from hydra.core.hydra_config import HydraConfig
-
-    from rlprompt.comparison import plan_runs, run_comparison
-    from rlprompt.config import validate
-    from rlprompt.errors import ConfigError
-
-    setup_logging()
-    if cfg.get("budget") is None:
-        raise ConfigError("compare.py needs +budget=<target calls per method and seed>")
-    seeds = [int(s) for s in OmegaConf.to_object(cfg.get("seeds", [cfg.seed]))]  # type: ignore[union-attr]
-    own = tuple(f"+{k}=" for k in OWN_KEYS) + tuple(f"{k}=" for k in OWN_KEYS)
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith((*own, "seed="))]
-    planned = plan_runs(
-        lambda extra: validate(compose(config_name="config", overrides=extra)),
-        overrides,
-        int(cfg.budget),
-        seeds,
-        str(cfg.get("mode", "compare")),
-    )
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    results = run_comparison(planned, out_dir)
-    print(f"report: {out_dir / 'report.md'}")
-    for label, m in results["methods"].items():
-        cells = "  ".join(
-            f"{s} {e['mean']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]" for s, e in m["splits"].items()
-        )
-        print(f"  {label:16s} {cells}  calls {m['target_calls']:.0f}")
-
+from rlprompt.commands.compare import cli
 
 if __name__ == "__main__":
-    if not any(a.startswith("hydra.run.dir=") for a in sys.argv[1:]):
-        sys.argv.append("hydra.run.dir=runs/compare/${task.name}/${now:%Y%m%d-%H%M%S}")
-    guarded(lambda: check_overrides(sys.argv[1:], CONFIG_DIR, OWN_KEYS))
-    main()
+    cli()

@@ -1,88 +1,9 @@
-"""Score a system prompt on a split with the configured reward, module by module.
+"""Score a system prompt module by module: `python scripts/score.py +split=test` = `rlprompt score`.
 
-    python scripts/score.py +split=test +limit=16                     # the task's base instruction
-    python scripts/score.py +prompt_text="You are a pushy salesperson." reward=sales_full
-    python scripts/score.py +prompt_file=prompts/mine.txt +split=val
-    python scripts/score.py +prompt_text=null                          # no system prompt at all
-
-Compose config → validate → build → score → print. The logic lives in rlprompt/scoring.py.
+The command lives in rlprompt/commands/score.py; `--help` lists its keys and the config groups.
 """
 
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-import hydra
-from omegaconf import DictConfig, open_dict
-
-from rlprompt.cli import check_overrides, guarded, setup_logging
-
-SCRIPT_KEYS = ("prompt_text", "prompt_file", "split", "limit")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-_UNSET = object()
-
-
-@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    # Inside the Hydra task: Hydra would otherwise print a UserError with a traceback and exit 1.
-    guarded(lambda: score(cfg))
-
-
-def score(cfg: DictConfig) -> None:
-    from rlprompt.config import validate
-    from rlprompt.errors import ConfigError
-    from rlprompt.prompting import check_prompt_text
-    from rlprompt.task import load_task
-
-    setup_logging()
-    with open_dict(cfg):  # script-only keys are not part of RunConfig
-        extra = {k: cfg.pop(k) if k in cfg else _UNSET for k in SCRIPT_KEYS}
-    run = validate(cfg)
-    task = load_task(run.task.name, run.task.path)
-    if extra["prompt_file"] is not _UNSET:
-        path = Path(str(extra["prompt_file"]))
-        if not path.is_file():
-            raise ConfigError(f"+prompt_file: no such file '{path}'")
-        prompt = path.read_text().strip()
-    elif extra["prompt_text"] is not _UNSET:
-        prompt = extra["prompt_text"]  # null → no system prompt
-    else:
-        prompt = task.base_instruction
-    if prompt is not None:
-        prompt = check_prompt_text(
-            str(prompt), "+prompt_file" if extra["prompt_file"] is not _UNSET else "+prompt_text"
-        )
-    split = "test" if extra["split"] is _UNSET else str(extra["split"])
-    limit = None if extra["limit"] is _UNSET or extra["limit"] is None else int(extra["limit"])
-    task.split(split)  # an unknown or empty split fails here, before any model loads
-
-    from rlprompt.build import build_cache, build_target, generation_params, set_threads
-    from rlprompt.rewards.factory import reward_from_config
-    from rlprompt.scoring import score_prompt
-
-    set_threads(run)
-    cache = build_cache(run.cache)
-    reward = reward_from_config(run.reward, task, cache)
-    target = build_target(run.target, cache)
-    report = score_prompt(
-        task,
-        split,
-        prompt,
-        target,
-        reward,
-        generation_params(run.target, run.seed),
-        run.reward.turns,
-        limit,
-        run.eval.confidence,
-        run.eval.bootstrap,
-    )
-    print(f"task={task.name} target={target.target_id} reward={run.reward.name}")
-    print(report.table())
-    calls = {"target": target.counter, **reward.counters}
-    print("calls: " + ", ".join(f"{k} {c.calls} (+{c.cache_hits} cached)" for k, c in calls.items()))
-
+from rlprompt.commands.score import cli
 
 if __name__ == "__main__":
-    guarded(lambda: check_overrides(sys.argv[1:], CONFIG_DIR, SCRIPT_KEYS))
-    main()
+    cli()
