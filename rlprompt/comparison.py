@@ -82,6 +82,8 @@ MODES: dict[str, tuple[MethodSpec, ...]] = {
         MethodSpec("ppo-no-zscore", (*_PPO, "optimizer.zscore=false", "optimizer.reward_clip=0")),
         MethodSpec("ppo-no-kl", (*_PPO, "optimizer.kl_coef=0")),
         MethodSpec("ppo-no-entropy", (*_PPO, "optimizer.entropy_coef=0")),
+        MethodSpec("ppo-no-std-floor", (*_PPO, "optimizer.zscore_min_std=0")),
+        MethodSpec("ppo-no-stratify", (*_PPO, "optimizer.stratify_stages=false")),
     ),
 }
 
@@ -148,7 +150,12 @@ def terms_in_effect(opt: OptimizerConfig) -> dict[str, bool]:
         "reward_clip": 0 < opt.reward_clip < reach,
         "kl": opt.kl_coef > 0,
         "entropy": opt.entropy_coef > 0,
+        "std_floor": opt.zscore and opt.zscore_min_std > 0,
+        "stratify": opt.stratify_stages,
     }
+
+
+NESTED_TERMS = {"std_floor": "zscore"}  # sub-term → the stage it belongs to
 
 
 def check_ablation(planned: list[PlannedRun]) -> None:
@@ -161,7 +168,9 @@ def check_ablation(planned: list[PlannedRun]) -> None:
             continue
         variant = terms_in_effect(plan.run.optimizer)
         changed = sorted(k for k, on in variant.items() if on != full[plan.seed][k])
-        if changed != [plan.label.removeprefix("ppo-no-")]:
+        # A sub-term goes with its stage: no z-score means no floor on the z-score's std either.
+        changed = [k for k in changed if NESTED_TERMS.get(k) not in changed]
+        if changed != [plan.label.removeprefix("ppo-no-").replace("-", "_")]:
             raise ConfigError(
                 f"+mode=ablation: {plan.label} would change {changed or 'nothing'} relative to ppo "
                 f"(terms in effect in ppo: {full[plan.seed]}); each variant must switch off exactly "

@@ -11,6 +11,7 @@ and only the main process writes.
 from __future__ import annotations
 
 import contextlib
+import math
 import logging
 import random
 import time
@@ -308,7 +309,7 @@ class PPOTrainer:
             means.tolist(),
             counts.tolist(),
         )
-        every = max(1, self.cfg.steps // max(1, self.run.eval.select_checkpoints))
+        every = max(1, math.ceil(self.cfg.steps / max(1, self.run.eval.select_checkpoints)))
         if self.run.eval.select_checkpoints and (
             self.step_index % every == 0 or self.step_index == self.cfg.steps
         ):

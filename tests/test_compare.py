@@ -221,15 +221,19 @@ def _terms_in_effect(opt) -> dict[str, bool]:
     reward = torch.rand(400 * group_size, generator=torch.Generator().manual_seed(0))  # raw, in [0, 1]
     reward[:group_size] = torch.eye(group_size)[0]  # one prompt apart: the largest |z|, sqrt(G-1)
     group = torch.arange(400).repeat_interleave(group_size)
-    cfg = StabilizerConfig(opt.shaping, opt.shaping_scale, opt.zscore, opt.reward_clip)
+    reward[group_size : 2 * group_size] = 0.5 + 0.001 * torch.arange(group_size)  # a near-tie group
+    cfg = StabilizerConfig(opt.shaping, opt.shaping_scale, opt.zscore, opt.reward_clip, opt.zscore_min_std)
     stabilized = stabilize(reward, group, 0.0, 1.0, cfg)
     unclipped = stabilize(reward, group, 0.0, 1.0, dataclasses.replace(cfg, reward_clip=0.0))
+    unfloored = stabilize(reward, group, 0.0, 1.0, dataclasses.replace(cfg, zscore_min_std=0.0))
     return {
         "shaping": opt.shaping,
         "zscore": opt.zscore,
         "reward_clip": not torch.equal(stabilized, unclipped),
         "kl": opt.kl_coef > 0,
         "entropy": opt.entropy_coef > 0,
+        "std_floor": not torch.equal(stabilized, unfloored),
+        "stratify": opt.stratify_stages,
     }
 
 
@@ -238,13 +242,22 @@ def test_every_ablation_switches_off_exactly_one_term():
         planned = plan_runs(composer, [], budget=40, seeds=[0], mode="ablation")
     runs = {p.label: p.run.optimizer for p in planned}
     full = _terms_in_effect(runs["ppo"])
-    assert full == {"shaping": True, "zscore": True, "reward_clip": False, "kl": True, "entropy": True}
+    assert full == {
+        "shaping": True,
+        "zscore": True,
+        "reward_clip": False,
+        "kl": True,
+        "entropy": True,
+        "std_floor": True,
+        "stratify": True,
+    }
     for label, opt in runs.items():
         if label in ("manual", "ppo"):
             continue
         variant = _terms_in_effect(opt)
         changed = sorted(k for k in full if variant[k] != full[k])
-        assert changed == [label.removeprefix("ppo-no-")], (label, changed)
+        changed = [k for k in changed if not (k == "std_floor" and "zscore" in changed)]  # nested
+        assert changed == [label.removeprefix("ppo-no-").replace("-", "_")], (label, changed)
 
 
 def test_terms_in_effect_match_the_stabilizer_and_guard_the_ablation():
@@ -259,6 +272,8 @@ def test_terms_in_effect_match_the_stabilizer_and_guard_the_ablation():
         OptimizerConfig(prompts_per_context=10),  # sqrt(9) = 3: it cannot
         OptimizerConfig(zscore=False, shaping_scale=2.0),
         OptimizerConfig(zscore=False, reward_clip=0.0),
+        OptimizerConfig(zscore_min_std=0.15, stratify_stages=True),
+        OptimizerConfig(zscore=False, zscore_min_std=0.15),  # no z-score: the floor is inert
     ]:
         assert terms_in_effect(opt) == _terms_in_effect(opt), opt
     with (
