@@ -125,8 +125,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--panel", action="store_true", help="also play and score the prompt panel")
     parser.add_argument("--splits", nargs="+", default=["test", "heldout_persona"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = parser.parse_args()
-    set_threads()
+    set_threads(args.threads)
     task = load_task("car_sales")
     figures = {"pairs": pairs_report(task)}
     if args.panel:

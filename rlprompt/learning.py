@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+
+NEAR_TIE = 0.02  # raw-reward std below which a group's prompts score alike (diagnostics only)
 
 
 @dataclass
@@ -78,6 +81,25 @@ class LearningLog:
         log.greedy = [Candidate(**c) for c in state["greedy"]]
         log.samples = {k: Candidate(**c) for k, c in state["samples"].items()}
         return log
+
+
+def step_diagnostics(prompts: list[str], group: torch.Tensor, raw_reward: torch.Tensor) -> dict[str, float]:
+    """Why a step does or does not teach (docs/LEARNING.md): how many distinct prompts competed,
+    how far apart their rewards were on one scenario, and how many groups were near-ties.
+
+    prompts: (B,); group: (N,) z-score group of each conversation; raw_reward: (N,).
+    """
+    stds = [
+        float(raw_reward[group == g].std(unbiased=False))
+        for g in torch.unique(group)
+        if int((group == g).sum()) > 1
+    ]
+    return {
+        "distinct_prompts": float(len(set(prompts))),
+        "prompts": float(len(prompts)),
+        "group_reward_std": sum(stds) / len(stds) if stds else 0.0,
+        "near_tie_groups": sum(s < NEAR_TIE for s in stds) / len(stds) if stds else 0.0,
+    }
 
 
 def reward_rise(reward: list[float], window: int = 20, n_boot: int = 2000, confidence: float = 0.95) -> dict:

@@ -11,8 +11,8 @@ and only the main process writes.
 from __future__ import annotations
 
 import contextlib
-import math
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -28,7 +28,7 @@ from rlprompt.config import RunConfig
 from rlprompt.conversation import run_conversations
 from rlprompt.distributed import agree_on_stop
 from rlprompt.errors import ConfigError, TargetError
-from rlprompt.learning import LearningLog
+from rlprompt.learning import LearningLog, step_diagnostics
 from rlprompt.policy import PromptPolicy, Rollout
 from rlprompt.prompting import assemble_system_prompt
 from rlprompt.rewards.factory import RewardSetup
@@ -38,7 +38,6 @@ from rlprompt.task import Scenario, Task
 
 log = logging.getLogger(__name__)
 TASK_LEVEL_CONTEXT = "Any customer type, any stage, any urgency."
-NEAR_TIE = 0.02  # raw-reward std below which a group's prompts score alike (diagnostics only)
 
 
 @dataclass
@@ -295,7 +294,8 @@ class PPOTrainer:
 
     def track_learning(self, batch: StepBatch, mean_reward: float, stats: dict[str, float]) -> None:
         """Feed the LearningLog: step reward, sampled task-level prompts, greedy prompt at checkpoints."""
-        diagnostics = {**step_diagnostics(batch), "entropy": stats["entropy"], "kl": stats["kl"]}
+        diagnostics = step_diagnostics(batch.rollout.prompts, batch.group, batch.raw_reward)
+        diagnostics.update(entropy=stats["entropy"], kl=stats["kl"])
         self.learning.record_step(self.step_index, mean_reward, diagnostics)
         if self.run.policy.conditioning != "task_level":
             return
@@ -418,22 +418,6 @@ class RunningStats:
 
     def load_state_dict(self, state: dict) -> None:
         self.last_mean = float(state["last_mean"])  # older checkpoints also held n / mean / m2
-
-
-def step_diagnostics(batch: StepBatch) -> dict[str, float]:
-    """Why a step does or does not teach (docs/LEARNING.md): how many distinct prompts competed,
-    how far apart their rewards were on one scenario, and how many groups were near-ties."""
-    stds = [
-        float(batch.raw_reward[batch.group == g].std(unbiased=False))
-        for g in torch.unique(batch.group)
-        if int((batch.group == g).sum()) > 1
-    ]
-    return {
-        "distinct_prompts": float(len(set(batch.rollout.prompts))),
-        "prompts": float(len(batch.rollout)),
-        "group_reward_std": sum(stds) / len(stds) if stds else 0.0,
-        "near_tie_groups": sum(s < NEAR_TIE for s in stds) / len(stds) if stds else 0.0,
-    }
 
 
 def reward_bounds(function) -> tuple[float, float]:

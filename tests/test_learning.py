@@ -57,3 +57,16 @@ def test_verdict_line_states_the_paired_result():
     )
     assert "WORSE" in verdict_line(summary(-0.07, -0.04, -0.01))
     assert verdict_line(summary(-0.02, 0.01, 0.04)).startswith("No detectable difference")
+
+
+def test_step_diagnostics_count_distinct_prompts_and_near_ties():
+    import torch
+
+    from rlprompt.learning import step_diagnostics
+
+    group = torch.tensor([0, 0, 1, 1, 2])  # group 2 has one member: no spread to measure
+    reward = torch.tensor([0.50, 0.51, 0.0, 1.0, 0.3])
+    d = step_diagnostics(["a", "b", "a"], group, reward)
+    assert d["distinct_prompts"] == 2.0 and d["prompts"] == 3.0
+    assert d["group_reward_std"] == pytest.approx((0.005 + 0.5) / 2)
+    assert d["near_tie_groups"] == 0.5  # group 0 (std 0.005) is a near-tie, group 1 is not
