@@ -259,7 +259,14 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
 @pytest.mark.slow
 def test_resume_refuses_a_changed_config_or_process_count(tmp_path):
     run_dir, cache = tmp_path / "run", tmp_path / "c.sqlite"
-    first = train_now(tmp_path, "optimizer.steps=1", f"hydra.run.dir={run_dir}", f"cache.path={cache}")
+    first = train_now(
+        tmp_path,
+        "optimizer.steps=1",
+        "policy.prompt_length=5",
+        "optimizer.lr=2e-5",
+        f"hydra.run.dir={run_dir}",
+        f"cache.path={cache}",
+    )
     assert first.returncode == 0, first.stderr[-3000:]
 
     # what the run learns changed: refused before any model loads, each key named old → new
@@ -275,7 +282,8 @@ def test_resume_refuses_a_changed_config_or_process_count(tmp_path):
     assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"] == 1
 
     # what may change: more steps, another evaluation, thread count
-    extended = train_now(tmp_path, "optimizer.steps=2", "eval.max_scenarios=1", f"resume={run_dir}")
+    pinned = ("policy.prompt_length=5", "optimizer.lr=2e-5")  # as the first run
+    extended = train_now(tmp_path, "optimizer.steps=2", "eval.max_scenarios=1", *pinned, f"resume={run_dir}")
     assert extended.returncode == 0, extended.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 2
 
@@ -284,7 +292,7 @@ def test_resume_refuses_a_changed_config_or_process_count(tmp_path):
     (step_dir / "rng_rank1.pt").write_bytes((step_dir / "rng_rank0.pt").read_bytes())
     pointer = run_dir / "checkpoints" / "latest.json"
     pointer.write_text(json.dumps({**json.loads(pointer.read_text()), "processes": 2}))
-    fewer = train_now(tmp_path, "optimizer.steps=3", f"resume={run_dir}")
+    fewer = train_now(tmp_path, "optimizer.steps=3", *pinned, f"resume={run_dir}")
     assert fewer.returncode == 2, fewer.stderr[-3000:]
     errors = error_lines(fewer)
     assert len(errors) == 1, fewer.stderr[-3000:]

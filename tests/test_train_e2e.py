@@ -156,7 +156,14 @@ def test_a_budgeted_run_evaluates_outside_the_budget_and_writes_its_summary(tmp_
     # 4 calls per step (2 contexts × 2 prompts): step 1 fits in 6, step 2 does not; 2 calls are left,
     # against 16 for the evaluation (2 splits × 4 scenarios × learned and base instruction)
     result = run_script(
-        [*TINY, "optimizer.budget=6", f"hydra.run.dir={run_dir}", f"cache.path={tmp_path / 'c.sqlite'}"],
+        [
+            *TINY,
+            "optimizer.budget=6",
+            "eval.select_checkpoints=0",  # no val selection: the 16 calls are the evaluation alone
+            "eval.select_samples=0",
+            f"hydra.run.dir={run_dir}",
+            f"cache.path={tmp_path / 'c.sqlite'}",
+        ],
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
