@@ -32,6 +32,20 @@ TINY = [
 
 pytestmark = pytest.mark.slow
 
+ACCELERATE_2 = [
+    str(Path(sys.executable).with_name("accelerate")),
+    "launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
+
 
 def run_script(args: list[str], cwd: Path, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -121,19 +135,7 @@ def test_default_task_level_run_selects_on_val_and_reports_the_pooled_paired_tes
 
 def test_two_cpu_processes_split_rollouts_and_stay_in_sync(tmp_path):
     run_dir = tmp_path / "run2"
-    launcher = [
-        str(Path(sys.executable).with_name("accelerate")),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
+    launcher = ACCELERATE_2
     args = [*TINY, "eval.splits=[test]", f"hydra.run.dir={run_dir}", f"cache.path={tmp_path / 'c.sqlite'}"]
     result = run_script(args, cwd=tmp_path, launcher=launcher)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -175,19 +177,6 @@ def test_a_budgeted_run_evaluates_outside_the_budget_and_writes_its_summary(tmp_
     assert {"test", "heldout_persona"} <= set(summary["splits"])
 
 
-ACCELERATE_2 = [
-    str(Path(sys.executable).with_name("accelerate")),
-    "launch",
-    "--multi_gpu",
-    "--num_processes",
-    "2",
-    "--num_machines",
-    "1",
-    "--mixed_precision",
-    "no",
-    "--dynamo_backend",
-    "no",
-]
 # tests/rank_fault.py: an instant echo target that fails on one rank (RLPROMPT_TEST_FAULT)
 RANK_ECHO = [
     *TINY,
