@@ -122,7 +122,7 @@ class RelevanceReward(SimilarityReward):
 
     def score(self, samples: list[Sample]) -> list[RewardResult]:
         flat = [(i, r) for i, s in enumerate(samples) for r in replies_to_score(s, self.replies)]
-        asked = [_last_customer_turn(s) for s in samples]
+        asked = [s.scenario.customer for s in samples]  # the turn the first reply answers
         replies = self.embed([r for _, r in flat])
         turns = self.embed(asked)
         lo, hi = self.band
@@ -131,8 +131,3 @@ class RelevanceReward(SimilarityReward):
             cosine = float(turns[i] @ embedding) if reply.strip() else 0.0
             per_sample[i].append(min(1.0, max(0.0, (cosine - lo) / (hi - lo))))
         return [RewardResult(sum(v) / len(v), "cosine to the customer's turn") for v in per_sample]
-
-
-def _last_customer_turn(sample: Sample) -> str:
-    """The customer's words the first scored reply answers (the scenario's turn)."""
-    return sample.scenario.customer

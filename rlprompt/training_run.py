@@ -139,7 +139,6 @@ def evaluate_run(trainer: PPOTrainer, prompts: dict, target: CachedTarget | None
         entry["learned_minus_base"] = diff.as_dict()
         entry["win_rate_vs_base"] = win_rate(learned, base)
         l_ci, b_ci = entry["learned"]["reward"], entry["base_instruction"]["reward"]
-        entry["cis_overlap"] = not (l_ci["ci_low"] > b_ci["ci_high"] or b_ci["ci_low"] > l_ci["ci_high"])
         summary["splits"][split] = entry
         pooled.setdefault("learned", []).append(learned)
         pooled.setdefault("base_instruction", []).append(base)
