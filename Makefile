@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements-models.txt | sha1sum | cut -c1-12)
 THREADS ?= $(shell nproc)
 
-.PHONY: install train test test-fast lint format bench clean
+.PHONY: install install-chromium train test test-fast lint format bench bench-serve serve clean
 
 install: $(STAMP)
 
@@ -21,6 +21,17 @@ $(STAMP): pyproject.toml requirements-models.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The dashboard test drives a real headless chromium (Playwright cannot download browsers here).
+install-chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+		  else sudo apt-get update -q && sudo apt-get install -y -q chromium; fi; } || \
+		echo "warning: chromium could not be installed; the dashboard test will skip"
+
+# The serving gateway (docs/SERVE.md): make serve ARGS="serve.portfolio=[runs/.../export]"
+serve: install
+	$(PY) scripts/serve.py $(ARGS)
+
 # The main job: PPO token policy on car_sales with the offline default models, one CPU process
 # using every core (accelerate's CPU default of OMP_NUM_THREADS=1 would halve the speed).
 train: install
@@ -31,7 +42,7 @@ train: install
 RLPROMPT_TEST_THREADS ?= $(THREADS)
 export RLPROMPT_TEST_THREADS
 
-test: install
+test: install install-chromium
 	$(PY) -m pytest -q -ra --durations=15 $(ARGS)
 
 test-fast: install
@@ -47,6 +58,9 @@ format: install
 
 bench: install
 	$(PY) benchmarks/run_all.py
+
+bench-serve: install
+	$(PY) benchmarks/serve.py
 
 clean:
 	rm -rf runs outputs reports .pytest_cache .ruff_cache

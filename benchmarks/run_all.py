@@ -19,6 +19,7 @@ ORDER = [
     "memory.py",
     "scale_out.py",
     "sample_efficiency.py",
+    "serve.py",
 ]
 
 if __name__ == "__main__":

@@ -65,6 +65,9 @@ class PolicyConfig:
     # Words that open every learned prompt: fed to the backbone after `answer_start` and kept in the
     # decoded prompt, e.g. "Always" makes the K tokens finish an imperative rule ("Always ask ...").
     prompt_lead: str = ""
+    # tokens: the policy may end its rule with a period (from the 4th token on); the positions after
+    # it are forced to the period (log-prob 0: no gradient, no KL), so a prompt is a finished sentence.
+    end_with_period: bool = False
 
 
 @dataclass
@@ -154,6 +157,50 @@ class CacheConfig:
 
 
 @dataclass
+class ServeConfig:
+    """The serving gateway (`rlprompt serve`, rlprompt/serve/). Bandit settings it shares with the
+    offline bandit (retire_threshold, portfolio_size, prior_ess_*, the optimizer LLM) are read
+    from `optimizer.*`, so the two run the same method with the same knobs."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database: str = "sqlite:///serve.sqlite"  # SQLAlchemy URL; postgresql+psycopg://... for replicas
+    # Arms: export folders/files (task-level prompt + per-context prompt sets), prompts.json files,
+    # or .txt files (one hand-written prompt each); plus hand-written prompt texts in `prompts`.
+    # Both empty: the task's base instruction and seed prompts.
+    portfolio: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    contextual: bool = True  # a posterior per (arm, context), shrunk towards the arm's global one
+    context_strength: float = 20.0  # pseudo-observations the global posterior lends a context
+    evolve_every: int = 200  # feedback events between evolution rounds; 0 = never evolve
+    screen_scenarios: int = 8  # task scenarios (train split) a mutant is played on before going live
+    screen_margin: float = 0.05  # a mutant may score at most this much (raw reward) under its parent
+    guardrails: list[str] = field(default_factory=lambda: ["length", "banned_phrases", "invented_prices"])
+    banned_phrases: list[str] = field(
+        default_factory=lambda: ["as an ai", "guaranteed", "lowest price", "act now", "limited time"]
+    )
+    max_reply_words: int = 150  # guardrail `length` on screened replies (prompts: optimizer.max_prompt_chars)
+    outcomes: dict[str, float] = field(
+        default_factory=lambda: {
+            "test_drive_booked": 1.0,
+            "purchase": 1.0,
+            "follow_up_booked": 0.7,
+            "replied": 0.3,
+            "no_response": 0.0,
+            "unsubscribed": 0.0,
+        }
+    )
+    auto_reward: bool = False  # score every reply with the reward modules (stored apart from feedback)
+    api_keys_env: str = "RLPROMPT_SERVE_API_KEYS"  # comma-separated keys; unset = no auth
+    protect_reads: bool = False  # also require a key for GET /v1/arms and /dashboard
+    max_body_bytes: int = 262144
+    max_tokens: int = 512  # cap on a request's max_tokens
+    retry_after_s: int = 5  # Retry-After on 502/503 when the target is down
+    refresh_s: float = 2.0  # reload posteriors from the database this often (replicas); 0 = never
+    access_log: bool = False
+
+
+@dataclass
 class RunConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
@@ -163,6 +210,7 @@ class RunConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     seed: int = 0
     threads: int = 0  # torch threads; 0 = all cores
     log_every: int = 1

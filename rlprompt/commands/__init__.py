@@ -19,6 +19,7 @@ COMMANDS = {
     "score": "score one system prompt on a split, reward module by module",
     "export": "learned prompts as paste-ready text + JSON / YAML",
     "transfer": "score prompt sets on other target models → transfer matrix",
+    "serve": "OpenAI-compatible gateway: prompt arms on live traffic, learning from feedback",
 }
 
 
@@ -34,7 +35,7 @@ Learn prompts for sales LLMs with reinforcement learning.
 commands:
 {lines}
 
-`rlprompt <command> --help` lists the command's options; train, compare, score and transfer take
+`rlprompt <command> --help` lists the command's options; train, compare, score, transfer and serve take
 Hydra overrides (rlprompt train task=car_sales optimizer.steps=10) and list the config groups.
 Several processes or GPUs: accelerate launch [--num_processes N] -m rlprompt.train task=car_sales"""
 

@@ -7,6 +7,8 @@
   2012 use a Bernoulli(r) draw instead; the fractional update has the same mean, less noise).
 - Every `retire_every` plays: best = the arm with the highest posterior mean; an arm i retires when
   P(X_i > X_best) < `retire_threshold`, computed exactly as ∫ f_i(x) F_best(x) dx by quadrature.
+- The math is shared with the serving gateway (rlprompt/bandit_math.py); only the source of
+  rewards differs.
 - Refill to `portfolio_size` with LLM rewrites (mutations) of the best prompt; a mutant's prior
   inherits the best's posterior mean m at effective sample size ess = max(prior_ess_min,
   prior_ess_frac × n_best): Beta(m·ess, (1 − m)·ess), n_best = the best arm's number of plays.
@@ -19,8 +21,16 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import integrate, stats
 
+from rlprompt.bandit_math import (
+    best_index,
+    beta_update,
+    mutant_prior,
+    posterior_mean,
+    retire_probability,
+    retirements,
+    thompson_choice,
+)
 from rlprompt.optimizers.base import (
     BestSoFar,
     OptimizerContext,
@@ -31,9 +41,10 @@ from rlprompt.optimizers.base import (
 from rlprompt.optimizers.llm import extract_instruction, filter_candidates, normalize
 from rlprompt.targets.cache import BudgetExhausted
 
+# mutant_prior and retire_probability are re-exported: callers and tests import them from here.
+__all__ = ["MUTATE", "Arm", "ThompsonBandit", "mutant_prior", "retire_probability"]
 log = logging.getLogger(__name__)
 STATE_FILE = "bandit_state.json"
-TAIL = 1e-12  # quadrature runs over f_i's central 1 - 2e-12 mass: a peaked Beta is never missed
 
 MUTATE = (
     "Here is an instruction for a {role}. Customers get good replies when it is followed.\n\n"
@@ -41,25 +52,6 @@ MUTATE = (
     "Rewrite the instruction so that the replies become even better: keep what works, change the "
     "wording or add one useful rule. Write the new instruction between <INS> and </INS>."
 )
-
-
-def retire_probability(a_i: float, b_i: float, a_best: float, b_best: float) -> float:
-    """P(X_i > X_best) for independent X_i ~ Beta(a_i, b_i), X_best ~ Beta(a_best, b_best).
-
-    = ∫₀¹ f_i(x) F_best(x) dx (condition on X_i = x; X_best is below it with probability F_best(x)),
-    by adaptive quadrature over the region where f_i has mass.
-    """
-    arm, best = stats.beta(a_i, b_i), stats.beta(a_best, b_best)
-    low, high = float(arm.ppf(TAIL)), float(arm.ppf(1 - TAIL))
-    value, _ = integrate.quad(lambda x: arm.pdf(x) * best.cdf(x), low, high, limit=200, epsabs=1e-10)
-    return min(1.0, max(0.0, float(value)))
-
-
-def mutant_prior(best_mean: float, n_best: float, ess_min: float, ess_frac: float) -> tuple[float, float]:
-    """Beta(α, β) with mean `best_mean` and effective sample size max(ess_min, ess_frac × n_best)."""
-    ess = max(ess_min, ess_frac * n_best)
-    mean = min(max(best_mean, 1e-6), 1 - 1e-6)
-    return mean * ess, (1 - mean) * ess
 
 
 @dataclass
@@ -75,15 +67,14 @@ class Arm:
 
     @property
     def mean(self) -> float:
-        return self.alpha / (self.alpha + self.beta)
+        return posterior_mean(self.alpha, self.beta)
 
     @property
     def active(self) -> bool:
         return self.retired_at is None
 
     def update(self, r: float) -> None:
-        self.alpha += r
-        self.beta += 1.0 - r
+        self.alpha, self.beta = beta_update(self.alpha, self.beta, r)
         self.plays += 1
 
 
@@ -138,13 +129,13 @@ class ThompsonBandit:
         return [a for a in self.arms if a.active]
 
     def best(self) -> Arm:
-        return max(self.active, key=lambda a: (a.mean, a.plays))
+        arms = self.active
+        return arms[best_index([a.mean for a in arms], [a.plays for a in arms])]
 
     def play(self) -> None:
         """One Thompson step: posterior draw per arm, argmax plays one training scenario."""
         arms = self.active
-        draws = [self.rng.beta(a.alpha, a.beta) for a in arms]
-        arm = arms[int(np.argmax(draws))]
+        arm = arms[thompson_choice(self.rng, [(a.alpha, a.beta) for a in arms])]
         scenario = self.ctx.train[int(self.rng.integers(len(self.ctx.train)))]
         raw = self.ctx.mean_reward(arm.prompt, [scenario])
         arm.update(self.ctx.normalize(raw))
@@ -153,14 +144,11 @@ class ThompsonBandit:
         self.t += 1
 
     def retire(self) -> None:
-        best = self.best()
-        for arm in self.active:
-            if arm is best:
-                continue
-            p = retire_probability(arm.alpha, arm.beta, best.alpha, best.beta)
-            if p < self.cfg.retire_threshold:
-                arm.retired_at = self.t
-                self.retirements.append({"t": self.t, "prompt": arm.prompt, "p_beats_best": p})
+        arms = self.active
+        best = arms.index(self.best())
+        for i, p in retirements([(a.alpha, a.beta) for a in arms], best, self.cfg.retire_threshold):
+            arms[i].retired_at = self.t
+            self.retirements.append({"t": self.t, "prompt": arms[i].prompt, "p_beats_best": p})
 
     def refill(self) -> None:
         """Mutations of the best prompt until the portfolio is full (or the LLM gives nothing new)."""

@@ -117,13 +117,19 @@ class OpenAIChat:
             validate_conversation(conversation)
         results: dict[int, Reply] = {}
         errors: dict[int, Exception] = {}
-        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
-            futures = {i: pool.submit(one, c) for i, c in enumerate(conversations)}
-            for i, future in futures.items():
-                try:
-                    results[i] = future.result()
-                except Exception as err:  # collected: the successful replies must not be lost
-                    errors[i] = err
+        if len(conversations) == 1:  # one call needs no pool: starting its thread costs ms on a busy CPU
+            try:
+                results[0] = one(conversations[0])
+            except Exception as err:
+                errors[0] = err
+        else:
+            with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+                futures = {i: pool.submit(one, c) for i, c in enumerate(conversations)}
+                for i, future in futures.items():
+                    try:
+                        results[i] = future.result()
+                    except Exception as err:  # collected: the successful replies must not be lost
+                        errors[i] = err
         if errors:
             first = next(iter(errors.values()))
             if isinstance(first, UserError):  # our own message (a server that cannot do this at all)
