@@ -20,9 +20,10 @@ benchmarks/reward_preferences.py reports. Scores are sigmoid(r - mean r over the
 
 from __future__ import annotations
 
-import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,7 +32,14 @@ from rlprompt.rewards.base import RewardResult, Sample, register_reward, replies
 from rlprompt.rewards.expert import CONDUCT_FACTORS, ExpertReward, _vader
 from rlprompt.rewards.similarity import SimilarityReward
 from rlprompt.rewards.text import words
+from rlprompt.rewards.tone import TONE_FEATURES, ToneFeatures
 from rlprompt.task import Scenario, Task
+
+if TYPE_CHECKING:
+    from rlprompt.preferences import PreferencePair
+
+# The halves the model is fit on by default; "fresh" (preferences_fresh.jsonl) is never fit on.
+FIT_SPLITS = ("dev", "heldout")
 
 # Every feature with the direction a sales expert expects (+1: more is better, -1: less is better).
 FEATURES: dict[str, int] = {
@@ -46,7 +54,10 @@ FEATURES: dict[str, int] = {
     "topic": +1,  # cosine(customer turn, reply): about what the customer raised
     "question_on_topic": +1,  # best cosine(customer turn, one of the reply's questions)
     "opening_on_topic": +1,  # cosine(customer turn, first sentence): answers before pitching
+    **TONE_FEATURES,  # sentence-level tone, evasion and rambling (rewards/tone.py)
 }
+MIN_FEATURE_STD = 1e-3  # below this spread over the pairs a feature is not fit (weight 0)
+FEATURE_CLIP = 5.0  # standardised features are clipped to +-5
 SIGNS = torch.tensor(list(FEATURES.values()), dtype=torch.float32)
 
 
@@ -56,6 +67,7 @@ class PairFeatures:
     def __init__(self, task: Task, embedder=None) -> None:
         self.expert = ExpertReward(task)
         self.embeddings = SimilarityReward(task, embedder=embedder)
+        self.tone = ToneFeatures(self.embeddings.embed)
 
     def named(self, items: list[tuple[Scenario, str, str]]) -> list[dict[str, float]]:
         replies = self.embeddings.embed([reply for _, _, reply in items])
@@ -63,11 +75,11 @@ class PairFeatures:
         split = [_sentences(reply) for _, _, reply in items]
         questions = [[x for x in parts if x.endswith("?")] for parts in split]
         firsts = [parts[0] if parts else "" for parts in split]
-        texts = list(dict.fromkeys([*firsts, *(q for qs in questions for q in qs)]))
+        texts = list(dict.fromkeys(x for parts in split for x in parts))
         lookup = dict(zip(texts, self.embeddings.embed(texts)))
         rows = []
-        for (scenario, said, reply), e_reply, e_turn, asked, first in zip(
-            items, replies, turns, questions, firsts
+        for (scenario, said, reply), e_reply, e_turn, asked, first, parts in zip(
+            items, replies, turns, questions, firsts, split
         ):
             failed = self.expert.conduct(scenario, reply, said)
             row = dict(self.expert.behaviours(reply))
@@ -78,6 +90,7 @@ class PairFeatures:
             row["topic"] = float(e_reply @ e_turn)
             row["question_on_topic"] = max((float(lookup[q] @ e_turn) for q in asked), default=0.0)
             row["opening_on_topic"] = float(lookup[first] @ e_turn) if first else 0.0
+            row.update(self.tone(scenario.customer, e_turn, parts))
             rows.append(row)
         return rows
 
@@ -111,7 +124,7 @@ def fit_bradley_terry(
 
 @register_reward("preference")
 class PreferenceReward:
-    """A linear Bradley-Terry reward model over reply features, fit on expert pairs (dev half)."""
+    """A linear Bradley-Terry reward model over reply features, fit on expert pairs (dev + heldout)."""
 
     low, high = 0.0, 1.0
 
@@ -119,42 +132,76 @@ class PreferenceReward:
         self,
         task: Task,
         pairs_file: str | None = None,
-        split: str = "dev",
-        l2: float = 0.01,
+        split: str | Sequence[str] = FIT_SPLITS,
+        l2: float = 0.03,
         replies: str = "first",
         embedder=None,
+        pairs: list[PreferencePair] | None = None,
+        features: PairFeatures | None = None,
     ) -> None:
         from rlprompt.preferences import load_pairs
 
-        pairs = [p for p in load_pairs(task, Path(pairs_file) if pairs_file else None) if p.split == split]
+        splits = tuple(split.replace("+", ",").split(",") if isinstance(split, str) else split)
+        if "fresh" in splits:
+            raise RewardError(
+                "reward.options.preference.split must not include 'fresh': those pairs are the final, "
+                "untouched test (docs/REWARDS.md). Fit on dev and/or heldout."
+            )
+        if pairs is None:  # `pairs` is for cross-validation (benchmarks/reward_preferences.py)
+            file = Path(pairs_file) if pairs_file else None
+            pairs = [p for p in load_pairs(task, file, splits=splits) if p.split in splits]
         if len(pairs) < 10:
             raise RewardError(
-                f"reward module 'preference' needs at least 10 '{split}' pairs in "
+                f"reward module 'preference' needs at least 10 '{'+'.join(splits)}' pairs in "
                 f"{pairs_file or Path(task.folder) / 'preferences.jsonl'}, found {len(pairs)}"
             )
         self.replies = replies
-        self.features = PairFeatures(task, embedder)
+        self.features = features or PairFeatures(task, embedder)
         chosen = self.features([(p.scenario, p.scenario.customer, p.chosen) for p in pairs])
         rejected = self.features([(p.scenario, p.scenario.customer, p.rejected) for p in pairs])
         both = torch.cat([chosen, rejected])
-        self.std = both.std(0).clamp_min(1e-6)  # scaled so one l2 suits every feature
-        self.weights = fit_bradley_terry(chosen / self.std, rejected / self.std, l2)
-        self.offset = float(((both / self.std) @ self.weights).mean())
+        std = both.std(0)
+        # A feature that never varies in the pairs (no role break among them) says nothing about
+        # its weight; dividing by its ~0 spread once scored one target reply with a role break at
+        # -100 and saturated the module. It is left out (weight 0): `expert` checks it by rule.
+        self.learnable = std > MIN_FEATURE_STD  # (F,)
+        self.std = torch.where(self.learnable, std, torch.ones_like(std))  # one l2 suits every feature
+        weights = fit_bradley_terry(
+            self._standard(chosen)[:, self.learnable], self._standard(rejected)[:, self.learnable], l2
+        )
+        self.weights = torch.zeros(len(std)).masked_scatter(self.learnable, weights)
+        self.offset = float((self._standard(both) @ self.weights).mean())
         self.n_pairs = len(pairs)
 
+    def _standard(self, features: torch.Tensor) -> torch.Tensor:
+        """Features in units of their spread over the pairs, clipped at `FEATURE_CLIP`: a target reply
+        far outside what the pairs show (a 48-token loop) counts as very bad, not as -100."""
+        return (features / self.std).clamp(-FEATURE_CLIP, FEATURE_CLIP)
+
     def raw(self, items: list[tuple[Scenario, str, str]]) -> torch.Tensor:
-        """r(reply) before the sigmoid; 0 is the mean dev reply."""
-        return (self.features(items) / self.std) @ self.weights - self.offset
+        """r(reply) before the sigmoid; 0 is the mean training reply."""
+        return self._standard(self.features(items)) @ self.weights - self.offset
+
+    def probability(self, items: list[tuple[Scenario, str, str]]) -> torch.Tensor:
+        """sigmoid(r), times the `expert` factor of every failed conduct check the pairs cannot
+        weigh (never seen in them, e.g. a role break): such a reply helps no customer however well
+        it scores otherwise, and the rule says by how much."""
+        features = self.features(items)  # (N, F), signed: a failed check is -1
+        score = torch.sigmoid(self._standard(features) @ self.weights - self.offset)
+        for j, name in enumerate(FEATURES):
+            if name in CONDUCT_FACTORS and not self.learnable[j]:
+                score = torch.where(features[:, j] < 0, score * CONDUCT_FACTORS[name], score)
+        return score
 
     def score(self, samples: list[Sample]) -> list[RewardResult]:
         flat = []
         for i, sample in enumerate(samples):
             said = " ".join(m["content"] for m in sample.conversation if m["role"] == "user")
             flat.extend((i, (sample.scenario, said, r)) for r in replies_to_score(sample, self.replies))
-        values = self.raw([item for _, item in flat]).tolist()
+        values = self.probability([item for _, item in flat]).tolist()
         per_sample: list[list[float]] = [[] for _ in samples]
         for (i, (_, _, reply)), value in zip(flat, values):
-            per_sample[i].append(1 / (1 + math.exp(-value)) if words(reply) else 0.0)
+            per_sample[i].append(value if words(reply) else 0.0)
         return [
             RewardResult(sum(v) / len(v), f"Bradley-Terry model of {self.n_pairs} expert pairs")
             for v in per_sample

@@ -7,7 +7,10 @@ the sales behaviour that separates them (asks about needs, proposes a next step,
 question, honest, calm, on topic, warm, concise). Each reward module and each composite is scored
 on the same pairs, per category and overall; ties count as misses and are reported apart.
 
-Every pair belongs to a `dev` or a `heldout` half: tune a reward on `dev` only and report both.
+Every pair in `preferences.jsonl` belongs to a `dev` or a `heldout` half; both are used to build
+the reward (the `preference` model is fit on both) and generalisation is judged by cross-validation
+(`stratified_folds`). `preferences_fresh.jsonl`, when present, holds the `fresh` split: pairs
+written after the reward was built, never fit or tuned on, read only when a caller asks for it.
 """
 
 from __future__ import annotations
@@ -23,13 +26,17 @@ from rlprompt.rewards.base import RewardFunction, Sample
 from rlprompt.task import Scenario, Task
 
 PREFERENCES_FILE = "preferences.jsonl"
-SPLITS = ("dev", "heldout")
+FRESH_FILE = "preferences_fresh.jsonl"
+SPLITS = ("dev", "heldout", "fresh")
+# Which splits each file may hold: a fresh pair filed in the main file (or the reverse) would
+# silently leak the final test into the fit, so it is an error, not a warning.
+FILE_SPLITS = {PREFERENCES_FILE: ("dev", "heldout"), FRESH_FILE: ("fresh",)}
 
 
 @dataclass
 class PreferencePair:
     id: str
-    split: str  # dev | heldout
+    split: str  # dev | heldout | fresh
     category: str
     hard: bool
     scenario: Scenario
@@ -73,11 +80,32 @@ class AccuracyTable:
         return "\n".join(lines)
 
 
-def load_pairs(task: Task, path: Path | None = None) -> list[PreferencePair]:
-    """The task's preference pairs; every field is checked against the task's personas and stages."""
-    file = path or Path(task.folder) / PREFERENCES_FILE
+def load_pairs(
+    task: Task, path: Path | None = None, splits: tuple[str, ...] | list[str] = SPLITS
+) -> list[PreferencePair]:
+    """The task's preference pairs; every field is checked against the task's personas and stages.
+
+    Without `path`: `preferences.jsonl` (dev, heldout) and, only if "fresh" is in `splits` and the
+    file exists, `preferences_fresh.jsonl`. The fresh file is never opened otherwise, so fitting the
+    reward cannot touch it. With `path`: that one file.
+    """
+    if path is not None:  # a file named like one of the task's files holds that file's splits
+        return _read_pairs(task, path, FILE_SPLITS.get(path.name, SPLITS))
+    pairs = _read_pairs(task, Path(task.folder) / PREFERENCES_FILE, FILE_SPLITS[PREFERENCES_FILE])
+    fresh = Path(task.folder) / FRESH_FILE
+    if "fresh" in splits and fresh.is_file():
+        pairs += _read_pairs(task, fresh, FILE_SPLITS[FRESH_FILE])
+        duplicated = len(pairs) - len({p.id for p in pairs})
+        if duplicated:
+            raise ConfigError(
+                f"{fresh}: {duplicated} pair id(s) also used in {PREFERENCES_FILE}; rename them"
+            )
+    return pairs
+
+
+def _read_pairs(task: Task, file: Path, valid_splits: tuple[str, ...]) -> list[PreferencePair]:
     if not file.is_file():
-        raise ConfigError(f"no preference pairs at {file}: write {PREFERENCES_FILE} (docs/REWARDS.md)")
+        raise ConfigError(f"no preference pairs at {file}: write {file.name} (docs/REWARDS.md)")
     pairs = []
     for number, line in enumerate(file.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
@@ -101,10 +129,21 @@ def load_pairs(task: Task, path: Path | None = None) -> list[PreferencePair]:
                 raw["chosen"],
                 raw["rejected"],
             )
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ConfigError(f"{file}:{number}: not a preference pair ({err})") from err
-        if pair.split not in SPLITS:
-            raise ConfigError(f"{file}:{number}: split '{pair.split}'; valid: {', '.join(SPLITS)}")
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{file}:{number}: not valid JSON ({err}); one pair per line") from err
+        except KeyError as err:
+            raise ConfigError(
+                f"{file}:{number}: missing field {err}; a pair needs id, split, category, hard, persona, "
+                "stage, urgency, customer, chosen, rejected"
+            ) from err
+        except TypeError as err:
+            raise ConfigError(
+                f"{file}:{number}: not a preference pair ({err}); one JSON object per line"
+            ) from err
+        if pair.split not in valid_splits:
+            raise ConfigError(
+                f"{file}:{number}: split '{pair.split}'; valid: {', '.join(valid_splits)} in {file.name}"
+            )
         for kind, value, valid in (
             ("persona", scenario.persona, task.persona),
             ("stage", scenario.stage, task.stage),
@@ -112,8 +151,27 @@ def load_pairs(task: Task, path: Path | None = None) -> list[PreferencePair]:
         ):
             if value not in valid:
                 raise ConfigError(f"{file}:{number}: {kind} '{value}'; valid: {', '.join(valid)}")
+        for name, value in (
+            ("customer", scenario.customer),
+            ("chosen", pair.chosen),
+            ("rejected", pair.rejected),
+        ):
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{file}:{number}: field '{name}' is empty or not text; write the text")
         pairs.append(pair)
     return pairs
+
+
+def stratified_folds(pairs: list[PreferencePair], k: int = 4, seed: int = 0) -> np.ndarray:
+    """Fold index per pair, each category dealt round-robin over k folds after a seeded shuffle,
+    so every fold holds about 1/k of every category (a fold without `answers` would hide it)."""
+    rng = np.random.default_rng(seed)
+    folds = np.zeros(len(pairs), dtype=int)
+    categories = np.array([p.category for p in pairs])
+    for category in dict.fromkeys(categories):
+        members = rng.permutation(np.flatnonzero(categories == category))
+        folds[members] = np.arange(len(members)) % k
+    return folds
 
 
 def _sample(pair: PreferencePair, reply: str) -> Sample:

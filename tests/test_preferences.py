@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from rlprompt.errors import ConfigError
+from rlprompt.errors import ConfigError, RewardError
 from rlprompt.preferences import accuracy_table, load_pairs, score_pairs
 from rlprompt.rewards.base import RewardFunction, RewardResult
 from rlprompt.task import load_task
@@ -22,7 +22,7 @@ def task():
 
 
 def test_the_pairs_cover_every_category_persona_and_stage_in_two_halves(task):
-    pairs = load_pairs(task)
+    pairs = load_pairs(task, splits=("dev", "heldout"))  # never opens preferences_fresh.jsonl
     assert len(pairs) >= 200
     assert len({p.id for p in pairs}) == len(pairs)
     by_category = Counter(p.category for p in pairs)
@@ -47,7 +47,7 @@ class LengthReward:
 
 
 def test_accuracy_counts_strict_wins_and_reports_ties_apart(task):
-    pairs = [p for p in load_pairs(task) if p.category == "concise"]  # chosen is the short one
+    pairs = [p for p in load_pairs(task, splits=("dev",)) if p.category == "concise"]  # short wins
     scores = score_pairs(pairs, RewardFunction({"length": (LengthReward(), 1.0)}), {"neg": {"length": -1.0}})
     table = accuracy_table(scores, "all")
     assert table.accuracy["length"]["concise"] == 0.0  # prefers the padded reply every time
@@ -75,8 +75,50 @@ def test_a_bad_pair_names_the_file_line_and_field(task, tmp_path):
         load_pairs(task, tmp_path / "missing.jsonl")
 
 
-def test_preference_model_is_fit_on_the_dev_half_only(task, tmp_path):
-    """Scrambling every heldout pair must not change the fitted weights: they are never read."""
+def test_fresh_pairs_load_only_when_asked_and_only_with_the_fresh_split(task, tmp_path):
+    """A fresh file next to preferences.jsonl adds split "fresh" pairs; fitting never reads it."""
+    import dataclasses
+
+    lines = (task.folder / "preferences.jsonl").read_text().splitlines()
+    (tmp_path / "preferences.jsonl").write_text("\n".join(lines) + "\n")
+    own = {**json.loads(lines[0]), "id": "mine-1", "split": "fresh"}
+    (tmp_path / "preferences_fresh.jsonl").write_text(json.dumps(own) + "\n")
+    local = dataclasses.replace(task, folder=tmp_path)
+    everything = load_pairs(local)
+    assert [p.id for p in everything if p.split == "fresh"] == ["mine-1"]
+    assert len(everything) == len(lines) + 1
+    assert all(p.split != "fresh" for p in load_pairs(local, splits=("dev", "heldout")))
+    # a fresh file with a dev pair in it (or a reused id) would leak the test into the fit
+    (tmp_path / "preferences_fresh.jsonl").write_text(json.dumps({**own, "split": "dev"}) + "\n")
+    with pytest.raises(ConfigError, match=r"preferences_fresh.jsonl:1: split 'dev'; valid: fresh"):
+        load_pairs(local)
+    (tmp_path / "preferences_fresh.jsonl").write_text(json.dumps({**own, "id": "pref-0001"}) + "\n")
+    with pytest.raises(ConfigError, match=r"also used in preferences\.jsonl"):
+        load_pairs(local)
+    broken = {k: v for k, v in own.items() if k != "rejected"}
+    (tmp_path / "preferences_fresh.jsonl").write_text(json.dumps(broken) + "\n")
+    with pytest.raises(ConfigError, match=r"preferences_fresh.jsonl:1: missing field 'rejected'"):
+        load_pairs(local)
+    (tmp_path / "preferences_fresh.jsonl").write_text(json.dumps({**own, "chosen": " "}) + "\n")
+    with pytest.raises(ConfigError, match=r":1: field 'chosen' is empty"):
+        load_pairs(local)
+    # the preference model fits on dev + heldout and never opens the (now broken) fresh file
+    from rlprompt.rewards.preference import PreferenceReward
+
+    assert PreferenceReward(local).n_pairs == len(lines)
+    with pytest.raises(RewardError, match="must not include 'fresh'"):
+        PreferenceReward(local, split="dev+fresh")
+
+
+@pytest.fixture(scope="module")
+def features(task):
+    from rlprompt.rewards.preference import PairFeatures
+
+    return PairFeatures(task)
+
+
+def test_preference_model_fits_only_the_splits_it_is_given(task, tmp_path, features):
+    """Scrambling every heldout pair must not change a dev-only fit, and must change the default."""
     from rlprompt.rewards.preference import PreferenceReward
 
     lines = (task.folder / "preferences.jsonl").read_text().splitlines()
@@ -88,9 +130,36 @@ def test_preference_model_is_fit_on_the_dev_half_only(task, tmp_path):
         scrambled.append(json.dumps(raw))
     path = tmp_path / "preferences.jsonl"
     path.write_text("\n".join(scrambled) + "\n")
-    original = PreferenceReward(task)
-    other = PreferenceReward(task, pairs_file=str(path))
-    assert np.allclose(original.weights.numpy(), other.weights.numpy())
-    assert (original.weights >= 0).all()  # signs live in the features: no signal learned backwards
-    heldout = PreferenceReward(task, split="heldout", pairs_file=str(path))
-    assert not np.allclose(original.weights.numpy(), heldout.weights.numpy())
+    dev = PreferenceReward(task, split="dev", features=features)
+    other = PreferenceReward(task, split="dev", pairs_file=str(path), features=features)
+    assert np.allclose(dev.weights.numpy(), other.weights.numpy())
+    assert (dev.weights >= 0).all()  # signs live in the features: no signal learned backwards
+    default = PreferenceReward(task, features=features)
+    assert default.n_pairs == len(lines)  # dev + heldout
+    scrambled_default = PreferenceReward(task, pairs_file=str(path), features=features)
+    assert not np.allclose(default.weights.numpy(), scrambled_default.weights.numpy())
+
+
+def test_preference_model_generalises_across_folds(task, features):
+    """4-fold CV (stratified by category) over dev + heldout: measured 90 %, min category 81 %.
+
+    The floors sit a few points under the measured figures, so a change that costs generalisation
+    (a feature learned from one half's wording) fails here before it reaches the benchmark.
+    """
+    from rlprompt.preferences import stratified_folds
+    from rlprompt.rewards.preference import PreferenceReward
+
+    pairs = load_pairs(task, splits=("dev", "heldout"))
+    folds = stratified_folds(pairs, 4, seed=0)
+    assert all(Counter(p.category for p, f in zip(pairs, folds) if f == 0).values())
+    wins = []
+    for k in range(4):
+        model = PreferenceReward(task, pairs=[p for p, f in zip(pairs, folds) if f != k], features=features)
+        test = [p for p, f in zip(pairs, folds) if f == k]
+        chosen = model.raw([(p.scenario, p.scenario.customer, p.chosen) for p in test])
+        rejected = model.raw([(p.scenario, p.scenario.customer, p.rejected) for p in test])
+        wins += [(p.category, bool(c > r)) for p, c, r in zip(test, chosen, rejected)]
+    overall = np.mean([w for _, w in wins])
+    per_category = {c: np.mean([w for x, w in wins if x == c]) for c in CATEGORIES}
+    assert overall >= 0.86, overall
+    assert min(per_category.values()) >= 0.75, per_category

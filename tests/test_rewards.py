@@ -281,3 +281,64 @@ def test_preference_model_ranks_the_hand_written_pairs(task):
     for good, bad in pair_scores(module, task):
         assert good > bad + 0.3
     assert module.score([sample(task, "car-0001", "")])[0].score == 0.0
+
+
+def test_tone_features_hear_curtness_evasion_and_rambling_not_in_the_pairs(task):
+    """The MiniLM prototype features fire on general sentences written for this test (not in any
+    preference pair, not in the banks) and stay quiet on their respectful counterparts."""
+    from rlprompt.rewards.preference import PairFeatures
+
+    features = PairFeatures(task)
+    s = scenario_of(task, stage="Exploration", persona="Investor")
+    replies = {
+        "curt": "Look, I've got three other people waiting. Read the spec sheet yourself, it's all in there.",
+        "kind": "Happy to go through it with you now, and take as long as you need with the spec sheet.",
+        "evasive": "Hard to say really, that's more of a head office thing. You could try their website.",
+        "answer": "Yes, it does. It's standard on every trim, and I can show you where it is in the car.",
+        "ramble": "Good point. Funny, my cousin and I went fishing last weekend and caught nothing at all.",
+    }
+    rows = dict(zip(replies, features.named([(s, s.customer, r) for r in replies.values()])))
+    assert rows["curt"]["dismissive"] > rows["kind"]["dismissive"] + 0.05, rows
+    assert rows["kind"]["dismissive"] == 0.0
+    assert rows["evasive"]["deflection"] > rows["answer"]["deflection"], rows
+    assert rows["ramble"]["chitchat"] > max(rows["kind"]["chitchat"], rows["answer"]["chitchat"]), rows
+    assert rows["ramble"]["least_on_topic"] < rows["kind"]["least_on_topic"]
+
+
+def test_preference_model_prefers_the_respectful_direct_reply(task):
+    """Same content, one said curtly or with small talk instead of an answer: the model must notice."""
+    module = REWARDS.get("preference")(task=task)
+    s = scenario_of(task, stage="Exploration", persona="Newbie")
+    good = "Sure, happy to explain. It means how far the car goes on one gallon, so higher is cheaper to run."
+    curt = "Fine, if you must know. It means how far the car goes on one gallon, so higher is cheaper to run."
+    chat = "Sure! My neighbour just bought a boat, and we spent all Sunday on the lake. What a day it was."
+    raw = module.raw([(s, s.customer, r) for r in (good, curt, chat)]).tolist()
+    assert raw[0] > raw[1] and raw[0] > raw[2], raw
+
+
+def test_a_check_the_pairs_never_show_is_applied_by_rule_not_by_a_blown_up_weight(task):
+    """No pair breaks role, so the fit cannot weigh it. Dividing by its ~0 spread once scored any
+    reply with a role break at r = -100 (and a loop far outside the pairs near it): the module
+    was saturated on real target replies. Now such a flag is left out of the fit and applied as
+    the `expert` factor, and standardised features are clipped."""
+    from rlprompt.rewards.expert import CONDUCT_FACTORS
+    from rlprompt.rewards.preference import FEATURE_CLIP, FEATURES
+
+    module = REWARDS.get("preference")(task=task)
+    names = list(FEATURES)
+    assert not module.learnable[names.index("role_break")]
+    assert float(module.weights[names.index("role_break")]) == 0.0
+    s = scenario_of(task, stage="Exploration", persona="Newbie")
+    helpful = (
+        "Happy to help. What will you mostly use the car for, and would a test drive this week suit you?"
+    )
+    broken = "As an AI language model, I can't help with that. What will you mostly use the car for?"
+    loop = " ".join(["We have great cars and great deals for you."] * 12)
+    items = [(s, s.customer, r) for r in (helpful, broken, loop)]
+    p = module.probability(items).tolist()
+    raw = module.raw(items).tolist()
+    assert p[1] < CONDUCT_FACTORS["role_break"] * 1.0001  # the rule's factor caps the broken reply
+    assert p[0] > p[1] and p[0] > p[2], p
+    bound = FEATURE_CLIP * float(module.weights.sum()) + abs(module.offset)
+    assert all(abs(r) <= bound for r in raw), raw
+    assert raw[2] > -bound / 2, raw  # a loop is bad, not off the scale
