@@ -20,6 +20,8 @@ benchmarks/reward_preferences.py reports. Scores are sigmoid(r - mean r over the
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from rlprompt.errors import RewardError
+from rlprompt.models import cache_root
 from rlprompt.rewards.base import RewardResult, Sample, register_reward, replies_to_score
 from rlprompt.rewards.expert import CONDUCT_FACTORS, ExpertReward, _vader
 from rlprompt.rewards.similarity import SimilarityReward
@@ -56,6 +59,8 @@ FEATURES: dict[str, int] = {
     "opening_on_topic": +1,  # cosine(customer turn, first sentence): answers before pitching
     **TONE_FEATURES,  # sentence-level tone, evasion and rambling (rewards/tone.py)
 }
+# The code the pair features depend on: the on-disk memo of the pair features is keyed by it.
+FEATURE_SOURCES = [Path(__file__).with_name(n) for n in ("preference.py", "tone.py", "expert.py", "text.py", "similarity.py")]  # fmt: skip
 MIN_FEATURE_STD = 1e-3  # below this spread over the pairs a feature is not fit (weight 0)
 FEATURE_CLIP = 5.0  # standardised features are clipped to +-5
 SIGNS = torch.tensor(list(FEATURES.values()), dtype=torch.float32)
@@ -157,8 +162,8 @@ class PreferenceReward:
             )
         self.replies = replies
         self.features = features or PairFeatures(task, embedder)
-        chosen = self.features([(p.scenario, p.scenario.customer, p.chosen) for p in pairs])
-        rejected = self.features([(p.scenario, p.scenario.customer, p.rejected) for p in pairs])
+        cacheable = features is None and embedder is None  # the default features, fully determined
+        chosen, rejected = self._pair_features(task, pairs, cacheable)
         both = torch.cat([chosen, rejected])
         std = both.std(0)
         # A feature that never varies in the pairs (no role break among them) says nothing about
@@ -172,6 +177,40 @@ class PreferenceReward:
         self.weights = torch.zeros(len(std)).masked_scatter(self.learnable, weights)
         self.offset = float((self._standard(both) @ self.weights).mean())
         self.n_pairs = len(pairs)
+
+    def _pair_features(
+        self, task: Task, pairs: list[PreferencePair], cacheable: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P, F) features of the chosen and of the rejected replies, memoised on disk.
+
+        Embedding every sentence of 512 replies takes 10-30 s on 2 CPU cores, paid by every run and
+        test that builds the reward; the file is keyed by everything the features depend on (the
+        pairs, the task's domain file, the source of the feature modules), so a change to any of them
+        recomputes it.
+        """
+        file = None
+        if cacheable:
+            digest = hashlib.sha256()
+            for source in FEATURE_SOURCES:
+                digest.update(Path(source).read_bytes())
+            digest.update((Path(task.folder) / "domain.yaml").read_bytes() if task.folder else b"")
+            for p in pairs:
+                digest.update(repr((p.id, p.scenario, p.chosen, p.rejected)).encode())
+            file = cache_root() / "preference" / f"{digest.hexdigest()[:24]}.pt"
+            if file.is_file():
+                try:
+                    saved = torch.load(file, weights_only=True)
+                    return saved["chosen"], saved["rejected"]
+                except Exception:  # a torn or foreign file: any read failure means recompute
+                    pass
+        chosen = self.features([(p.scenario, p.scenario.customer, p.chosen) for p in pairs])
+        rejected = self.features([(p.scenario, p.scenario.customer, p.rejected) for p in pairs])
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            partial = file.with_suffix(f".{os.getpid()}.tmp")
+            torch.save({"chosen": chosen, "rejected": rejected}, partial)
+            partial.replace(file)  # atomic: a concurrent reader sees the old file or the whole new one
+        return chosen, rejected
 
     def _standard(self, features: torch.Tensor) -> torch.Tensor:
         """Features in units of their spread over the pairs, clipped at `FEATURE_CLIP`: a target reply

@@ -163,3 +163,31 @@ def test_preference_model_generalises_across_folds(task, features):
     per_category = {c: np.mean([w for x, w in wins if x == c]) for c in CATEGORIES}
     assert overall >= 0.86, overall
     assert min(per_category.values()) >= 0.75, per_category
+
+
+def test_pair_features_are_memoised_on_disk_and_keyed_by_the_pairs(task, tmp_path, monkeypatch):
+    """The fit reads its pair features from disk when nothing they depend on changed, recomputes
+    them when the memo is unreadable, and a different set of pairs gets its own file."""
+    import torch
+
+    from rlprompt.rewards.preference import PairFeatures, PreferenceReward
+
+    monkeypatch.setenv("RLPROMPT_CACHE", str(tmp_path))
+    first = PreferenceReward(task)
+    files = list((tmp_path / "preference").glob("*.pt"))
+    assert len(files) == 1
+
+    def refuse(self, items):
+        raise AssertionError("pair features recomputed although memoised")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PairFeatures, "__call__", refuse)
+        again = PreferenceReward(task)  # from the file alone
+        assert torch.equal(again.weights, first.weights) and again.offset == first.offset
+        files[0].write_bytes(b"not a torch file")
+        with pytest.raises(AssertionError, match="recomputed"):
+            PreferenceReward(task)  # unreadable memo: recomputed (here: refused)
+    PreferenceReward(task)  # rewrites it
+    assert torch.equal(PreferenceReward(task).weights, first.weights)
+    PreferenceReward(task, split="dev")
+    assert len(list((tmp_path / "preference").glob("*.pt"))) == 2  # other pairs, other key
