@@ -22,6 +22,8 @@ from rlprompt.targets.base import InputTooLong
 from rlprompt.task import Task
 
 MASKED = -1e9
+PERIOD = "."  # `policy.end_with_period`: the token that ends a rule
+MIN_TOKENS_BEFORE_PERIOD = 3  # "Always ask." is no rule
 ACTION_SPACES: Registry = Registry("action space")
 
 
@@ -32,6 +34,8 @@ class BackboneState:
     past: Any = None  # KV cache (tokens)
     chosen: list[list[int]] = field(default_factory=list)  # actions so far, per row
     prefix_texts: list[str] = field(default_factory=list)
+    step: int = 0  # actions taken so far
+    ended: torch.Tensor | None = None  # (B,) bool: the row has written its period (tokens)
 
 
 class ActionSpace(Protocol):
@@ -129,6 +133,11 @@ class TokenActions:
             raise ConfigError(
                 f"policy.allowed_tokens={cfg.allowed_tokens} leaves {int(allowed.sum())} tokens"
             )
+        self.stop_id: int | None = None
+        if cfg.end_with_period:
+            self.stop_id = int(tokenizer.convert_tokens_to_ids(PERIOD))
+            allowed = allowed.clone()  # the word mask is cached and shared
+            allowed[self.stop_id] = True
         self.bias = torch.where(allowed, 0.0, MASKED)  # (V,)
         self.prompt_length = cfg.prompt_length
 
@@ -136,26 +145,66 @@ class TokenActions:
         K = self.prompt_length
         enc = encode_prefixes(self.tokenizer, prefix_texts, prefix_limit(self.backbone, K), K)
         hidden, past = _forward(self.backbone, enc["input_ids"], enc["attention_mask"], past=_new_cache())
+        ended = torch.zeros(len(prefix_texts), dtype=torch.bool)
         return BackboneState(
-            hidden=hidden[:, -1], mask=enc["attention_mask"], past=past, prefix_texts=prefix_texts
+            hidden=hidden[:, -1],
+            mask=enc["attention_mask"],
+            past=past,
+            prefix_texts=prefix_texts,
+            ended=ended,
         )
 
     def advance(self, state: BackboneState, action: torch.Tensor) -> BackboneState:
         mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
         hidden, past = _forward(self.backbone, action[:, None], mask, past=state.past)
-        return BackboneState(hidden=hidden[:, -1], mask=mask, past=past, prefix_texts=state.prefix_texts)
+        ended = state.ended if state.ended is not None else torch.zeros(len(action), dtype=torch.bool)
+        if self.stop_id is not None:
+            ended = ended | (action.cpu() == self.stop_id)
+        return BackboneState(
+            hidden=hidden[:, -1],
+            mask=mask,
+            past=past,
+            prefix_texts=state.prefix_texts,
+            step=state.step + 1,
+            ended=ended,
+        )
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
         return h @ self.output_weight.T
 
     def mask_logits(self, logits: torch.Tensor, state: BackboneState) -> torch.Tensor:
-        return logits + self.bias.to(logits.device)
+        logits = logits + self.bias.to(logits.device)  # (B, V)
+        if self.stop_id is None:
+            return logits
+        ended = state.ended if state.ended is not None else torch.zeros(len(logits), dtype=torch.bool)
+        positions = torch.full((len(logits), 1), state.step)
+        return self._stop_masks(logits[:, None], positions, ended[:, None])[:, 0]
 
     def mask_sequence(self, logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return logits + self.bias.to(logits.device)
+        logits = logits + self.bias.to(logits.device)  # (B, K, V)
+        if self.stop_id is None:
+            return logits
+        stops = (actions == self.stop_id).long().cpu()  # (B, K)
+        ended = (torch.cumsum(stops, dim=1) - stops) > 0  # a period came before position t
+        positions = torch.arange(actions.shape[1]).expand_as(actions)  # (B, K)
+        return self._stop_masks(logits, positions, ended)
+
+    def _stop_masks(self, logits: torch.Tensor, positions: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
+        """(B, K, V) logits with the period barred before `MIN_TOKENS_BEFORE_PERIOD` and forced after it."""
+        device = logits.device
+        early = (positions < MIN_TOKENS_BEFORE_PERIOD).to(device)  # (B, K)
+        stop_column = logits[..., self.stop_id]
+        logits = logits.clone()
+        logits[..., self.stop_id] = torch.where(early, torch.full_like(stop_column, MASKED), stop_column)
+        forced = torch.full_like(logits[0, 0], MASKED)
+        forced[self.stop_id] = 0.0
+        return torch.where(ended.to(device)[..., None], forced, logits)
 
     def decode(self, actions: torch.Tensor) -> str:
-        return self.tokenizer.decode(actions.tolist(), skip_special_tokens=True).strip()
+        ids = actions.tolist()
+        if self.stop_id is not None and self.stop_id in ids:
+            ids = ids[: ids.index(self.stop_id) + 1]  # the rule ends at its period
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     def teacher_forced_hidden(self, backbone, prefix_texts: list[str], actions: torch.Tensor) -> torch.Tensor:
         """States before each action, recomputed in one pass (for adapters that change the backbone)."""

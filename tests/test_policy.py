@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -75,6 +77,37 @@ def test_words_mask_keeps_prompts_readable(backbone, task):
     for prompt in rollout.prompts:
         assert all(word.isascii() and word.isalpha() for word in prompt.split()), prompt
     assert mask[rollout.actions].all()
+
+
+def test_a_rule_ends_at_its_period_and_the_forced_tail_carries_no_gradient(backbone, task):
+    model, tokenizer = backbone
+    cfg = PolicyConfig(
+        conditioning="task_level", prompt_length=12, top_k=16, prompt_lead="Always", answer_start="Rule:",
+        prefix_template="Write one rule for what a {role} should do in every reply to a customer. {context}",
+        end_with_period=True,
+    )  # fmt: skip
+    policy = PromptPolicy(cfg, task, model, tokenizer)
+    stop = tokenizer.convert_tokens_to_ids(".")
+    rollout = policy.sample([""] * 16, generator=torch.Generator().manual_seed(0))
+    ended = [p for p in rollout.prompts if p.endswith(".")]
+    assert len(ended) >= 4, rollout.prompts  # the backbone finishes most rules within 12 tokens
+    for row, prompt in zip(rollout.actions.tolist(), rollout.prompts):
+        if stop in row:
+            at = row.index(stop)
+            assert at >= 3, prompt  # never "Always ask."
+            assert all(a == stop for a in row[at:]), row  # forced after the period
+            assert prompt.count(".") == 1 and prompt.endswith("."), prompt
+    logp = torch.log_softmax(policy.action_logits(rollout), -1)  # (B, K, V)
+    rescored = logp.gather(-1, rollout.actions[..., None]).squeeze(-1)
+    assert torch.allclose(rescored, rollout.logprobs, atol=1e-4)
+    forced = (torch.cumsum((rollout.actions == stop).long(), 1) - (rollout.actions == stop).long()) > 0
+    assert forced.any()
+    assert torch.all(rescored[forced] == 0.0)  # log-prob exactly 0: no policy gradient, no KL there
+    assert torch.all(logp[:, :3, stop] < -1e6)  # the period is barred for the first three tokens
+    plain = PromptPolicy(replace(cfg, end_with_period=False), task, model, tokenizer)
+    assert not any(
+        "." in p for p in plain.sample([""] * 8, generator=torch.Generator().manual_seed(0)).prompts
+    )
 
 
 def test_components_are_distinct_and_decode_to_phrases(backbone, task):
