@@ -11,19 +11,24 @@
 2. Feedback events per second into SQLite and into PostgreSQL (a throwaway cluster, as in the
    tests), each acknowledged only after its commit (group commit). Goal: ≥ 1,000/s on SQLite.
 Gateway, upstream and clients are separate processes; on 2 shared cores every figure includes
-their contention for the CPU.
+their contention for the CPU, so the load average before and after is recorded with the figures.
+The clients are one kept-alive raw HTTP/1.1 connection each (`Connection`), the same for the
+direct and the gateway path: httpx cost ~2 ms of client CPU per request here, which made the
+client, not the gateway, the bottleneck (docs/SERVE.md has the before/after figures).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx2 as httpx
 import numpy as np
@@ -93,6 +98,38 @@ def start_gateway(folder: Path, database: str, upstream: str) -> tuple[subproces
     return process, url
 
 
+class Connection:
+    """A minimal kept-alive HTTP/1.1 client connection (JSON POST, Content-Length answers).
+
+    Why not httpx: on this 2-core machine `httpx.AsyncClient` costs ~2 ms of client CPU per request
+    at 16 concurrent workers, more than the gateway itself, so the client, not the gateway, set
+    the figures. Both paths (direct and through the gateway) use this same client.
+    """
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname, parts.port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: dict) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        payload = json.dumps(body).encode()
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        length = next(int(h.split(":", 1)[1]) for h in head if h.lower().startswith("content-length:"))
+        return int(head[0].split(" ")[1]), await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 async def load(url: str, bodies: list[tuple[str, dict]], clients: int) -> tuple[list[float], float]:
     """Send every (path, body) with `clients` concurrent clients; per-request seconds, wall time."""
     queue: asyncio.Queue = asyncio.Queue()
@@ -101,14 +138,17 @@ async def load(url: str, bodies: list[tuple[str, dict]], clients: int) -> tuple[
     latencies: list[float] = []
 
     async def worker() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        http = Connection(url)
+        try:
             while not queue.empty():
                 path, body = queue.get_nowait()
                 started = time.perf_counter()
-                response = await http.post(path, json=body)
+                status, content = await http.post(path, body)
                 latencies.append(time.perf_counter() - started)
-                if response.status_code != 200:
-                    raise SystemExit(f"{path}: {response.status_code} {response.text[:300]}")
+                if status != 200:
+                    raise SystemExit(f"{path}: {status} {content[:300]!r}")
+        finally:
+            http.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))
@@ -153,6 +193,7 @@ def main() -> None:
     upstream = f"http://127.0.0.1:{port}"
     processes = [stub]
     figures: dict = {"clients": args.clients, "upstream_ms": args.upstream_ms}
+    figures["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
     cluster = None
     try:
         wait_ready(upstream, stub, folder / "none")
@@ -199,6 +240,7 @@ def main() -> None:
                 process.wait(30)
         if cluster is not None:
             cluster.stop()
+    figures["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     from common import write_result
 
     write_result("serve", figures)

@@ -12,12 +12,16 @@ every call and feedback to the database, and evolves the portfolio (serve.evolve
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 from collections.abc import Sequence
 
 from omegaconf import DictConfig
 
 from rlprompt.cli import guarded, setup_logging
-from rlprompt.commands.hydra_app import HydraCommand, run_hydra
+from rlprompt.commands.hydra_app import HydraCommand, _defaults, command_help, run_hydra
+from rlprompt.config import config_dir
 
 
 def main(cfg: DictConfig) -> None:
@@ -29,7 +33,28 @@ COMMAND = HydraCommand("serve", __doc__ or "", main, config_name="gateway")
 
 def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     """`rlprompt serve ...` and `scripts/serve.py ...`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        print(serve_help(prog or os.path.basename(sys.argv[0]), args))
+        return
     run_hydra(COMMAND, argv, prog)
+
+
+def serve_help(prog: str, args: Sequence[str]) -> str:
+    """The shared help, with the defaults of configs/gateway.yaml starred (the generic help stars
+    config.yaml's, which said `ppo*` although serve runs the bandit)."""
+    text = command_help(COMMAND, prog, args)
+    for group, option in _defaults(config_dir() / f"{COMMAND.config_name}.yaml").items():
+        group = group.removeprefix("override ").strip()
+        if option is None:
+            continue
+
+        def restar(match: re.Match, option: str = option) -> str:
+            options = [o.rstrip("*") for o in match.group(2).split(", ")]
+            return match.group(1) + ", ".join(f"{o}*" if o == option else o for o in options)
+
+        text = re.sub(rf"(?m)^(  {re.escape(group)} +)(.*)$", restar, text)
+    return text
 
 
 def serve(cfg: DictConfig) -> None:

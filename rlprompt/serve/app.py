@@ -15,10 +15,9 @@ variable) are compared in constant time and never logged.
 from __future__ import annotations
 
 import hmac
-import json
 import math
 import os
-from collections.abc import Iterator
+import time
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -29,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rlprompt.serve.gateway import ChatInput, ChatResult, FeedbackInput, Gateway, GatewayError
+from rlprompt.serve.streaming import relay, usage_of, whole_reply_chunks
+from rlprompt.serve.upstream import dumps
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
 ERROR_TYPES |= {409: "conflict_error", 413: "invalid_request_error", 422: "invalid_request_error"}
@@ -168,6 +169,16 @@ def chat_input(body: ChatBody) -> ChatInput:
     )
 
 
+class FastJSON(JSONResponse):
+    """orjson when installed (~4x faster than json.dumps on these bodies), plain json otherwise."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+SSE = "text/event-stream"
+
+
 def completion(result: ChatResult) -> dict:
     r = result.reply
     return {
@@ -184,38 +195,9 @@ def completion(result: ChatResult) -> dict:
                 "logprobs": None,
             }
         ],
-        "usage": {
-            "prompt_tokens": r.prompt_tokens,
-            "completion_tokens": r.completion_tokens,
-            "total_tokens": r.prompt_tokens + r.completion_tokens,
-        },
+        "usage": usage_of(r),
         "rlprompt": {"conversation_id": result.conversation_id, "arm_id": result.arm_id},
     }
-
-
-def sse_chunks(result: ChatResult, include_usage: bool) -> Iterator[str]:
-    """The reply as OpenAI stream chunks (the target answers whole; we stream it word by word)."""
-    base = {
-        "id": result.conversation_id,
-        "object": "chat.completion.chunk",
-        "created": result.created,
-        "model": result.model,
-        "system_fingerprint": f"arm-{result.arm_id}",
-    }
-
-    def chunk(delta: dict, finish: str | None = None, **extra: Any) -> str:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-        return f"data: {json.dumps({**base, 'choices': [choice], **extra})}\n\n"
-
-    yield chunk({"role": "assistant", "content": ""})
-    words = result.reply.text.split(" ")
-    for i, word in enumerate(words):
-        yield chunk({"content": word if i == 0 else " " + word})
-    yield chunk({}, result.finish_reason)
-    if include_usage:
-        usage = completion(result)["usage"]
-        yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
-    yield "data: [DONE]\n\n"
 
 
 def create_app(gateway: Gateway) -> FastAPI:
@@ -250,11 +232,15 @@ def create_app(gateway: Gateway) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody) -> Response:
         item = chat_input(body)
-        result = await run_in_threadpool(gateway.chat, item)
+        usage = bool((body.stream_options or {}).get("include_usage"))
+        if body.stream and gateway.upstream is not None:  # relayed live: true time-to-first-token
+            started = time.perf_counter()
+            prep, upstream = await gateway.open_stream(item)
+            return StreamingResponse(relay(gateway, prep, upstream, usage, started), media_type=SSE)
+        result = await gateway.chat_async(item)
         if body.stream:
-            usage = bool((body.stream_options or {}).get("include_usage"))
-            return StreamingResponse(sse_chunks(result, usage), media_type="text/event-stream")
-        return JSONResponse(completion(result))
+            return StreamingResponse(whole_reply_chunks(result, usage), media_type=SSE)
+        return FastJSON(completion(result))
 
     @app.post("/v1/feedback")
     async def feedback(body: FeedbackBody) -> JSONResponse:
@@ -262,7 +248,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             raise GatewayError(422, f"reward must be in [0, 1], got {body.reward!r}", "reward")
         kind, value, name = gateway.feedback_value(body.reward, body.thumbs, body.outcome)
         item = FeedbackInput(body.conversation_id, kind, value, name, body.feedback_id)
-        return JSONResponse(await gateway.feedback_async(item))
+        return FastJSON(await gateway.feedback_async(item))
 
     @app.get("/v1/arms")
     async def arms() -> JSONResponse:

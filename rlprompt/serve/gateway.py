@@ -11,22 +11,26 @@ posterior moves after the commit, so what the bandit believes is always what is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from rlprompt.config import RunConfig
 from rlprompt.errors import TargetError, UserError
 from rlprompt.serve import store
+from rlprompt.serve.events import record_chats
+from rlprompt.serve.feedback import FeedbackMixin
 from rlprompt.serve.portfolio import (
     Portfolio,
     arm_states,
@@ -35,59 +39,26 @@ from rlprompt.serve.portfolio import (
     portfolio_arms,
     read_snapshot,
 )
+from rlprompt.serve.schema import ChatInput, ChatResult, FeedbackInput, GatewayError, Prepared
+from rlprompt.serve.upstream import AsyncUpstream, Response, UpstreamError, dumps
 from rlprompt.targets.base import GenerationParams, PartialGenerationError, Reply, Target
+from rlprompt.targets.cache import CachedTarget
+from rlprompt.targets.openai_api import OpenAIChat
 from rlprompt.task import Scenario, Task
 
+__all__ = [
+    "ChatInput",
+    "ChatResult",
+    "FeedbackInput",
+    "Gateway",
+    "GatewayError",
+]  # the API app.py and tests use
 log = logging.getLogger(__name__)
-THUMBS = {"up": 1.0, "down": 0.0}
+T = TypeVar("T")
+CONVERSATION_CACHE = 100_000  # (arm, context) of recent conversations kept in memory
 
 
-class GatewayError(Exception):
-    """An HTTP error with an OpenAI-style body: the field at fault and how to fix it."""
-
-    def __init__(
-        self, status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.headers = status, message, param, headers or {}
-
-
-@dataclass
-class ChatInput:
-    """A validated chat request (app.py turns the JSON body into this)."""
-
-    messages: list[dict[str, str]]
-    model: str = "rlprompt"
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stream: bool = False
-    conversation_id: str | None = None
-    context: dict[str, str | None] = field(default_factory=dict)  # persona, stage, urgency
-
-
-@dataclass
-class ChatResult:
-    conversation_id: str
-    arm_id: int
-    reply: Reply
-    model: str
-    created: int
-    target_ms: float
-    finish_reason: str
-
-
-@dataclass
-class FeedbackInput:
-    conversation_id: str
-    kind: str  # reward | thumbs | outcome
-    value: float  # in [0, 1]
-    name: str | None = None
-    feedback_id: str | None = None
-
-
-class Gateway:
+class Gateway(FeedbackMixin):
     """State and logic of one serving process; several processes may share one database."""
 
     def __init__(
@@ -106,6 +77,14 @@ class Gateway:
         self.writer = store.Writer(self.engine)
         self.refresh()
         self.slots = threading.Semaphore(max(1, int(getattr(_inner(target), "max_concurrency", 1))))
+        self.conversations: dict[str, tuple[int, str]] = {}
+        self.conversations_lock = threading.Lock()
+        # An OpenAI-compatible target without a response cache is called asynchronously on the
+        # event loop (serve/upstream.py); anything else (a local model, a cache) in a thread.
+        inner = _inner(target)
+        self.upstream: AsyncUpstream | None = None
+        if isinstance(target, CachedTarget) and target.cache is None and isinstance(inner, OpenAIChat):
+            self.upstream = AsyncUpstream(inner, max(1, inner.max_concurrency))
         self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlprompt-auto-reward")
         self.stopping = threading.Event()
         self.refresher: threading.Thread | None = None
@@ -190,26 +169,26 @@ class Gateway:
                 )
         return context_key(given.get("persona"), given.get("stage"), given.get("urgency"))
 
-    def chat(self, request: ChatInput) -> ChatResult:
+    def prepare(
+        self, request: ChatInput, known: tuple[int, str] | None = None, looked_up: bool = False
+    ) -> Prepared:
+        """Arm, context and what the target reads; `known` is a continued conversation's
+        (arm_id, context) when the caller `looked_up` it (from memory, or the database off the loop)."""
         if request.conversation_id:
-            with self.engine.connect() as conn:
-                row = conn.execute(
-                    sa.select(store.conversations).where(store.conversations.c.id == request.conversation_id)
-                ).first()
-            if row is None:
+            if not looked_up:
+                known = self.lookup(request.conversation_id)
+            if known is None:
                 raise GatewayError(
                     404,
                     f"unknown metadata.conversation_id {request.conversation_id!r}: use the `id` of an "
                     "earlier response, or leave it out to start a new conversation",
                     "metadata.conversation_id",
                 )
-            conversation_id, arm_id, context, new = row.id, row.arm_id, row.context, False
+            conversation_id, (arm_id, context), new = request.conversation_id, known, False
         else:
             context = self.context_of(request.context)
             arm_id = self.portfolio.choose(context)
             conversation_id, new = f"conv-{uuid.uuid4().hex}", True
-        if arm_id not in self.portfolio.arms:  # born on another replica since our last refresh
-            self.refresh()
         messages = self.with_arm(self.portfolio.arms[arm_id].text, request.messages)
         params = GenerationParams(
             max_new_tokens=min(request.max_tokens or self.run.target.max_new_tokens, self.cfg.max_tokens),
@@ -217,40 +196,128 @@ class Gateway:
             top_p=self.run.target.top_p if request.top_p is None else request.top_p,
             seed=self.run.seed if request.seed is None else request.seed,
         )
-        started = time.perf_counter()
-        reply = self.generate(messages, params)
-        target_ms = 1000 * (time.perf_counter() - started)
-        created = time.time()
+        return Prepared(request, conversation_id, arm_id, context, new, messages, params)
 
-        def record(conn: sa.Connection) -> None:
-            if new:
-                conn.execute(
-                    store.conversations.insert().values(
-                        id=conversation_id,
-                        arm_id=arm_id,
-                        context=context,
-                        model=request.model,
-                        created_at=created,
-                    )
-                )
-            conn.execute(
-                store.turns.insert().values(
-                    conversation_id=conversation_id,
-                    messages=json.dumps(messages, ensure_ascii=False),
-                    reply=reply.text,
-                    prompt_tokens=reply.prompt_tokens,
-                    completion_tokens=reply.completion_tokens,
-                    target_ms=target_ms,
-                    stream=request.stream,
-                    created_at=created,
-                )
+    def lookup(self, conversation_id: str) -> tuple[int, str] | None:
+        """(arm_id, context) of a conversation: memory first, then the database (another replica's)."""
+        hit = self.conversations.get(conversation_id)
+        if hit is not None:
+            return hit
+        with self.engine.connect() as conn:
+            c = store.conversations.c
+            row = conn.execute(sa.select(c.arm_id, c.context).where(c.id == conversation_id)).first()
+        if row is None:
+            return None
+        self.remember(conversation_id, (row.arm_id, row.context))
+        if row.arm_id not in self.portfolio.arms:  # born on another replica since our last refresh
+            self.refresh()
+        return row.arm_id, row.context
+
+    def remember(self, conversation_id: str, value: tuple[int, str]) -> None:
+        with self.conversations_lock:
+            self.conversations[conversation_id] = value
+            if len(self.conversations) > CONVERSATION_CACHE:
+                del self.conversations[next(iter(self.conversations))]
+
+    def record(self, prep: Prepared, reply: Reply, target_ms: float, created: float) -> tuple[dict, Any]:
+        """The writer payload for a conversation (new only) + turn, and its after-commit hook."""
+        conversation = None
+        if prep.new:
+            conversation = {
+                "id": prep.conversation_id,
+                "arm_id": prep.arm_id,
+                "context": prep.context,
+                "model": prep.request.model,
+                "created_at": created,
+            }
+        turn = {
+            "conversation_id": prep.conversation_id,
+            "messages": dumps(prep.messages),
+            "reply": reply.text,
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "target_ms": target_ms,
+            "stream": prep.request.stream,
+            "created_at": created,
+        }
+
+        def after(_: Any) -> None:
+            self.remember(prep.conversation_id, (prep.arm_id, prep.context))
+
+        return {"conversation": conversation, "turn": turn}, after
+
+    def finish(self, prep: Prepared, reply: Reply, target_ms: float, created: float) -> ChatResult:
+        if self.cfg.auto_reward and ANY_PART not in prep.context:
+            self.background.submit(
+                self._auto_score, prep.conversation_id, prep.arm_id, prep.context, prep.messages, reply.text
             )
+        finish = "length" if reply.completion_tokens >= prep.params.max_new_tokens else "stop"
+        return ChatResult(
+            prep.conversation_id, prep.arm_id, reply, prep.request.model, int(created), target_ms, finish
+        )
 
-        self.writer.call(record)
-        if self.cfg.auto_reward and ANY_PART not in context:
-            self.background.submit(self._auto_score, conversation_id, arm_id, context, messages, reply.text)
-        finish = "length" if reply.completion_tokens >= params.max_new_tokens else "stop"
-        return ChatResult(conversation_id, arm_id, reply, request.model, int(created), target_ms, finish)
+    def chat(self, request: ChatInput) -> ChatResult:
+        """One chat turn, blocking (tests, the traffic simulation, and targets without an async path)."""
+        prep = self.prepare(request)
+        started = time.perf_counter()
+        reply = self.generate(prep.messages, prep.params)
+        target_ms, created = 1000 * (time.perf_counter() - started), time.time()
+        payload, after = self.record(prep, reply, target_ms, created)
+        self.writer.submit_group(record_chats, payload, after).result()
+        return self.finish(prep, reply, target_ms, created)
+
+    async def prepare_async(self, request: ChatInput) -> Prepared:
+        """`prepare` on the event loop: only a conversation unknown to this process costs a thread hop."""
+        known = None
+        if request.conversation_id:
+            known = self.conversations.get(request.conversation_id)
+            if known is None:
+                known = await asyncio.to_thread(self.lookup, request.conversation_id)
+        return self.prepare(request, known, looked_up=True)
+
+    async def chat_async(self, request: ChatInput) -> ChatResult:
+        """One chat turn on the event loop: the upstream called asynchronously, the log written by
+        group commit and awaited (the reply is acknowledged only once its conversation is durable)."""
+        if self.upstream is None:
+            return await asyncio.to_thread(self.chat, request)
+        prep = await self.prepare_async(request)
+        started = time.perf_counter()
+        reply = await self.generate_async(prep.messages, prep.params)
+        target_ms, created = 1000 * (time.perf_counter() - started), time.time()
+        payload, after = self.record(prep, reply, target_ms, created)
+        await self.writer.submit_async(None, after, group=record_chats, payload=payload)
+        return self.finish(prep, reply, target_ms, created)
+
+    async def generate_async(self, messages: list[dict[str, str]], params: GenerationParams) -> Reply:
+        """One upstream call through `AsyncUpstream`, counted like `CachedTarget` counts it."""
+        assert self.upstream is not None
+        reply = await self.counted(self.upstream.complete(messages, params))
+        with self.target.counter._lock:
+            self.target.counter.completion_tokens += reply.completion_tokens
+        return reply
+
+    async def open_stream(self, request: ChatInput) -> tuple[Prepared, Response]:
+        """A streaming upstream completion, open (its 200 head arrived): failures before the first
+        byte are still 502/503 with Retry-After; streaming.relay reads it and records the turn."""
+        assert self.upstream is not None
+        prep = await self.prepare_async(request)
+        return prep, await self.counted(self.upstream.stream(prep.messages, prep.params))
+
+    async def counted(self, call: Awaitable[T]) -> T:
+        """One target call on the budget (refunded unless it answers); failures become 502/503."""
+        self.target.counter.reserve(1)
+        try:
+            return await call
+        except BaseException as err:
+            self.target._refund(1)
+            if isinstance(err, UpstreamError):
+                status = 503 if err.unavailable else 502
+                log.warning("target failed (%d): %s", status, type(err.__cause__ or err).__name__)
+                retry = {"Retry-After": str(self.cfg.retry_after_s)}
+                raise GatewayError(
+                    status, f"the target model failed: {err}; retry later", None, retry
+                ) from err
+            raise
 
     @staticmethod
     def with_arm(arm_text: str, messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -312,108 +379,6 @@ class Gateway:
             log.exception("auto reward failed for %s", conversation_id)
 
     # ------------------------------------------------------------------ feedback
-
-    def feedback_value(
-        self, reward: float | None, thumbs: str | None, outcome: str | None
-    ) -> tuple[str, float, str | None]:
-        """(kind, value in [0, 1], name) from exactly one of reward / thumbs / outcome."""
-        given = [
-            k for k, v in (("reward", reward), ("thumbs", thumbs), ("outcome", outcome)) if v is not None
-        ]
-        if len(given) != 1:
-            raise GatewayError(
-                422,
-                f"give exactly one of reward (a number in [0, 1]), thumbs ('up' | 'down') or outcome "
-                f"(one of: {', '.join(self.cfg.outcomes)}); got {', '.join(given) or 'none'}",
-                given[1] if len(given) > 1 else "reward",
-            )
-        if reward is not None:
-            if not (0.0 <= reward <= 1.0):  # NaN fails this too
-                raise GatewayError(422, f"reward must be in [0, 1], got {reward!r}", "reward")
-            return "reward", float(reward), None
-        if thumbs is not None:
-            if thumbs not in THUMBS:
-                raise GatewayError(422, f"thumbs must be 'up' or 'down', got {thumbs!r}", "thumbs")
-            return "thumbs", THUMBS[thumbs], thumbs
-        if outcome not in self.cfg.outcomes:
-            raise GatewayError(
-                422,
-                f"unknown outcome {outcome!r}. Configured outcomes (serve.outcomes): {', '.join(self.cfg.outcomes)}",
-                "outcome",
-            )
-        return "outcome", float(self.cfg.outcomes[outcome]), outcome
-
-    def feedback(self, item: FeedbackInput) -> dict:
-        """Record one feedback event and wait for its commit (callers outside the event loop)."""
-        future, feedback_id = self.submit_feedback(item)
-        return self.feedback_result(item, feedback_id, future.result())
-
-    async def feedback_async(self, item: FeedbackInput) -> dict:
-        """The same, awaited on the event loop: no thread hop per event (feedback is the hot path)."""
-        import asyncio
-
-        future, feedback_id = self.submit_feedback(item)
-        return self.feedback_result(item, feedback_id, await asyncio.wrap_future(future))
-
-    def submit_feedback(self, item: FeedbackInput) -> tuple[Future, str]:
-        feedback_id = item.feedback_id or f"fb-{uuid.uuid4().hex}"
-        nano = store.to_nano(item.value)
-
-        def record(conn: sa.Connection) -> dict:
-            f = store.feedback
-            seen = conn.execute(sa.select(f.c.seq).where(f.c.feedback_id == feedback_id)).scalar()
-            if seen is not None:
-                return {"error": 409, "seq": seen}
-            row = conn.execute(
-                sa.select(store.conversations.c.arm_id, store.conversations.c.context).where(
-                    store.conversations.c.id == item.conversation_id
-                )
-            ).first()
-            if row is None:
-                return {"error": 404}
-            seq = conn.execute(
-                f.insert().values(
-                    feedback_id=feedback_id,
-                    conversation_id=item.conversation_id,
-                    arm_id=row.arm_id,
-                    context=row.context,
-                    kind=item.kind,
-                    name=item.name,
-                    value_nano=nano,
-                    created_at=store.now(),
-                )
-            ).inserted_primary_key[0]
-            return {"seq": seq, "arm_id": row.arm_id, "context": row.context}
-
-        def after(result: dict) -> None:
-            if "error" not in result:
-                total = self.portfolio.apply(result["arm_id"], result["context"], nano)
-                self.evolver.on_feedback(total)
-
-        return self.writer.submit(record, after), feedback_id
-
-    def feedback_result(self, item: FeedbackInput, feedback_id: str, result: dict) -> dict:
-        if result.get("error") == 409:
-            raise GatewayError(
-                409,
-                f"feedback_id {feedback_id!r} was already recorded (seq {result['seq']}); nothing was stored",
-                "feedback_id",
-            )
-        if result.get("error") == 404:
-            raise GatewayError(
-                404,
-                f"unknown conversation_id {item.conversation_id!r}: use the `id` of a chat completion response",
-                "conversation_id",
-            )
-        return {
-            "feedback_id": feedback_id,
-            "conversation_id": item.conversation_id,
-            "arm_id": result["arm_id"],
-            "context": result["context"],
-            "kind": item.kind,
-            "value": item.value,
-            "seq": result["seq"],
-        }
 
 
 ANY_PART = "*"

@@ -103,6 +103,8 @@ class OpenAIChat:
         # max_retries=0: retries happen here, where they are counted and bounded.
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
         self.model = model
+        # Read by the gateway's async client (rlprompt/serve/upstream.py), which follows this policy.
+        self.base_url, self.timeout_s = base_url, timeout_s
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
         self.backoff_s = backoff_s
