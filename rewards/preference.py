@@ -185,15 +185,15 @@ class PreferenceReward:
 
         Embedding every sentence of 512 replies takes 10-30 s on 2 CPU cores, paid by every run and
         test that builds the reward; the file is keyed by everything the features depend on (the
-        pairs, the task's domain file, the source of the feature modules), so a change to any of them
-        recomputes it.
+        pairs, the task's rubric, personas, stages and urgency levels, the source of the feature
+        modules), so a change to any of them recomputes it.
         """
         file = None
         if cacheable:
             digest = hashlib.sha256()
             for source in FEATURE_SOURCES:
                 digest.update(Path(source).read_bytes())
-            digest.update((Path(task.folder) / "domain.yaml").read_bytes() if task.folder else b"")
+            digest.update(repr((task.rubric, task.personas, task.stage, task.urgency)).encode())
             for p in pairs:
                 digest.update(repr((p.id, p.scenario, p.chosen, p.rejected)).encode())
             file = cache_root() / "preference" / f"{digest.hexdigest()[:24]}.pt"
