@@ -34,7 +34,7 @@ import numpy as np
 
 from rlprompt.build import build_cache, build_target, check_run, generation_params, set_threads
 from rlprompt.checkpoint import write_json
-from rlprompt.config import OptimizerConfig, RunConfig
+from rlprompt.config import OptimizerConfig, PolicyConfig, RunConfig
 from rlprompt.evaluation import EvalResult, Interval, bootstrap_ci, evaluate
 from rlprompt.optimizers.base import OptimizerResult, run_optimizer
 from rlprompt.rewards.factory import reward_from_config
@@ -84,6 +84,7 @@ MODES: dict[str, tuple[MethodSpec, ...]] = {
         MethodSpec("ppo-no-entropy", (*_PPO, "optimizer.entropy_coef=0")),
         MethodSpec("ppo-no-std-floor", (*_PPO, "optimizer.zscore_min_std=0")),
         MethodSpec("ppo-no-stratify", (*_PPO, "optimizer.stratify_stages=false")),
+        MethodSpec("ppo-no-period", (*_PPO, "policy.end_with_period=false")),
     ),
 }
 
@@ -158,15 +159,25 @@ def terms_in_effect(opt: OptimizerConfig) -> dict[str, bool]:
 NESTED_TERMS = {"std_floor": "zscore"}  # sub-term → the stage it belongs to
 
 
+def policy_terms(policy: PolicyConfig) -> dict[str, bool]:
+    """The policy's own switchable pieces that the ablation turns off (docs/LEARNING.md §4b)."""
+    return {"period": policy.action_space == "tokens" and policy.end_with_period}
+
+
+def run_terms(run: RunConfig) -> dict[str, bool]:
+    """Every term an ablation variant may switch off: the stabilizer / loss terms and the policy's."""
+    return {**terms_in_effect(run.optimizer), **policy_terms(run.policy)}
+
+
 def check_ablation(planned: list[PlannedRun]) -> None:
     """Every `ppo-no-<term>` variant must differ from `ppo` in exactly that term's effect."""
     from rlprompt.errors import ConfigError
 
-    full = {p.seed: terms_in_effect(p.run.optimizer) for p in planned if p.label == "ppo"}
+    full = {p.seed: run_terms(p.run) for p in planned if p.label == "ppo"}
     for plan in planned:
         if not plan.label.startswith("ppo-no-"):
             continue
-        variant = terms_in_effect(plan.run.optimizer)
+        variant = run_terms(plan.run)
         changed = sorted(k for k, on in variant.items() if on != full[plan.seed][k])
         # A sub-term goes with its stage: no z-score means no floor on the z-score's std either.
         changed = [k for k in changed if NESTED_TERMS.get(k) not in changed]

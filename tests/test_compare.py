@@ -240,8 +240,14 @@ def _terms_in_effect(opt) -> dict[str, bool]:
 def test_every_ablation_switches_off_exactly_one_term():
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         planned = plan_runs(composer, [], budget=40, seeds=[0], mode="ablation")
-    runs = {p.label: p.run.optimizer for p in planned}
-    full = _terms_in_effect(runs["ppo"])
+    from rlprompt.comparison import policy_terms
+
+    runs = {p.label: p.run for p in planned}
+
+    def terms(run) -> dict[str, bool]:
+        return {**_terms_in_effect(run.optimizer), **policy_terms(run.policy)}
+
+    full = terms(runs["ppo"])
     assert full == {
         "shaping": True,
         "zscore": True,
@@ -250,11 +256,13 @@ def test_every_ablation_switches_off_exactly_one_term():
         "entropy": True,
         "std_floor": True,
         "stratify": True,
+        "period": True,
     }
-    for label, opt in runs.items():
+    assert runs["ppo-no-period"].policy.end_with_period is False
+    for label, run in runs.items():
         if label in ("manual", "ppo"):
             continue
-        variant = _terms_in_effect(opt)
+        variant = terms(run)
         changed = sorted(k for k in full if variant[k] != full[k])
         changed = [k for k in changed if not (k == "std_floor" and "zscore" in changed)]  # nested
         assert changed == [label.removeprefix("ppo-no-").replace("-", "_")], (label, changed)
