@@ -157,7 +157,7 @@ class TokenActions:
     def advance(self, state: BackboneState, action: torch.Tensor) -> BackboneState:
         mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
         hidden, past = _forward(self.backbone, action[:, None], mask, past=state.past)
-        ended = state.ended if state.ended is not None else torch.zeros(len(action), dtype=torch.bool)
+        ended = state.ended  # set by `start`
         if self.stop_id is not None:
             ended = ended | (action.cpu() == self.stop_id)
         return BackboneState(
@@ -176,9 +176,8 @@ class TokenActions:
         logits = logits + self.bias.to(logits.device)  # (B, V)
         if self.stop_id is None:
             return logits
-        ended = state.ended if state.ended is not None else torch.zeros(len(logits), dtype=torch.bool)
         positions = torch.full((len(logits), 1), state.step)
-        return self._stop_masks(logits[:, None], positions, ended[:, None])[:, 0]
+        return self._stop_masks(logits[:, None], positions, state.ended[:, None])[:, 0]
 
     def mask_sequence(self, logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         logits = logits + self.bias.to(logits.device)  # (B, K, V)
