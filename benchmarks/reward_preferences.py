@@ -4,12 +4,13 @@
     python benchmarks/reward_preferences.py --panel         # + the 9-prompt panel on test+heldout_persona
     python benchmarks/reward_preferences.py --panel --splits val   # the panel on val (for tuning)
 
-1. Pairs (`tasks/car_sales/preferences.jsonl`, 256 expert pairs in 8 categories, dev / heldout
-   halves): pairwise accuracy of every reward module alone and of the composites, per category and
-   overall. `preference` is fit on dev + heldout, so those tables are in-sample; generalisation is
-   measured by cross-validation: fit on dev -> score heldout, fit on heldout -> score dev, and
-   4-fold CV over all pairs stratified by category. If `preferences_fresh.jsonl` exists, its
-   `fresh` split (never fit or tuned on) is scored by the default reward and reported last.
+1. Pairs (384 expert pairs in 8 categories: `preferences.jsonl` dev / heldout halves and
+   `preferences_fresh.jsonl`): pairwise accuracy of every reward module alone and of the
+   composites, per category and overall. `preference` is fit on all three, so those tables are
+   in-sample; generalisation is measured by cross-validation: fit on dev + heldout -> score fresh,
+   and 4-fold CV over all pairs stratified by category. `preferences_audit.jsonl` (split `audit`,
+   128 pairs written blind, never fit or tuned on) is read only when `--pair-splits` names it, and
+   reported as the final test.
 2. Panel (`--panel`): a fixed list of system prompts in the order a person expects (rude first,
    base plus good-practice additions last). Each is played by the target on held-out scenarios and
    scored; the table gives every prompt's reward with a 95 % CI, its paired difference to the base
@@ -30,6 +31,7 @@ from rlprompt.config import CacheConfig, TargetConfig
 from rlprompt.conversation import run_conversations
 from rlprompt.evaluation import bootstrap_ci
 from rlprompt.preferences import (
+    TEST_SPLITS,
     AccuracyTable,
     PairScores,
     accuracy_table,
@@ -38,6 +40,7 @@ from rlprompt.preferences import (
     stratified_folds,
 )
 from rlprompt.rewards.base import RewardFunction, build_reward
+from rlprompt.rewards.expert import NEXT_STEP
 from rlprompt.rewards.preference import PairFeatures, PreferenceReward
 from rlprompt.task import load_task
 
@@ -64,21 +67,21 @@ EXPECTED_RANK = {"rude": 0, "pushy": 0, "rambling": 0, "none": 1, "base": 2}  # 
 
 
 def pairs_report(task, splits: list[str]) -> dict:
-    pairs = load_pairs(task, splits=splits)  # fresh: only if asked and preferences_fresh.jsonl exists
+    pairs = load_pairs(task, splits=splits)  # fresh / audit: only if asked and their file exists
     reward = build_reward(task, {m: 1.0 for m in MODULES})
     scores = score_pairs(pairs, reward, COMPOSITES)
     figures = {}
     for split in dict.fromkeys(p.split for p in pairs):
         table = accuracy_table(scores, split)
-        note = "never fit or tuned on" if split == "fresh" else "in-sample: preference is fit on it"
+        note = "never fit or tuned on" if split in TEST_SPLITS else "in-sample: preference is fit on it"
         print(f"\n## pairwise accuracy, {split} ({note})\n\n{table.markdown()}")
         figures[split] = _figures(table)
-    figures["cross_validation"] = cross_validation(task, [p for p in pairs if p.split != "fresh"])
+    figures["cross_validation"] = cross_validation(task, [p for p in pairs if p.split not in TEST_SPLITS])
     return figures
 
 
 def cross_validation(task, pairs: list, k: int = 4, seed: int = 0) -> dict:
-    """Accuracy on pairs the preference model was not fit on: dev->heldout, heldout->dev, k-fold.
+    """Accuracy on pairs the preference model was not fit on: dev + heldout -> fresh, and k-fold.
 
     Only `preference` is refit per fold (the other modules are not fit on pairs); the composites
     reuse its out-of-fold scores. Features are computed once and shared across folds.
@@ -88,8 +91,7 @@ def cross_validation(task, pairs: list, k: int = 4, seed: int = 0) -> dict:
     folds = stratified_folds(pairs, k, seed)
     splits = np.array([p.split for p in pairs])
     schemes = {
-        "dev -> heldout": [(splits == "dev", splits == "heldout")],
-        "heldout -> dev": [(splits == "heldout", splits == "dev")],
+        **({"dev + heldout -> fresh": [(splits != "fresh", splits == "fresh")]} if "fresh" in splits else {}),
         f"{k}-fold CV (stratified, seed {seed})": [(folds != i, folds == i) for i in range(k)],
     }
     figures = {}
@@ -128,13 +130,25 @@ def panel_report(task, splits: list[str]) -> dict:
     reward = build_reward(task, {m: 1.0 for m in MODULES})
     scenarios = [s for split in splits for s in task.split(split)]
     totals: dict[str, dict[str, np.ndarray]] = {}
+    behaviour: dict[str, dict[str, float]] = {}
     for name, text in PANEL:
         prompt = None if text is None else text.replace("{base}", task.base_instruction)
         samples = run_conversations(target, scenarios, [prompt] * len(scenarios), params)
+        replies = [sample.first_reply for sample in samples]
+        behaviour[name] = {  # what the target did: the reward can only rank what differs
+            "asks": float(np.mean(["?" in r for r in replies])),
+            "next_step": float(np.mean([bool(NEXT_STEP.search(r)) for r in replies])),
+        }
         parts = {k: v.numpy() for k, v in reward.score(samples).parts.items()}
         totals[name] = {c: sum(w * parts[m] for m, w in weights.items()) for c, weights in COMPOSITES.items()}
         totals[name].update(parts)
-    figures: dict = {"splits": splits, "n": len(scenarios), "rewards": {}}
+    figures: dict = {"splits": splits, "n": len(scenarios), "rewards": {}, "behaviour": behaviour}
+    print(
+        f"\n## what the target did on {'+'.join(splits)}: share of replies that ask / propose a next step\n"
+    )
+    print("| prompt | asks a question | proposes a next step |\n|---|---|---|")
+    for name, _ in PANEL:
+        print(f"| {name} | {behaviour[name]['asks']:.2f} | {behaviour[name]['next_step']:.2f} |")
     for composite in [*COMPOSITES, *MODULES]:
         rows = {}
         print(f"\n## panel on {'+'.join(splits)} (n={len(scenarios)}), reward = {composite}\n")
@@ -188,7 +202,7 @@ def main() -> None:
         "--pair-splits",
         nargs="+",
         default=["dev", "heldout", "fresh"],
-        help="pair splits to read; leave out 'fresh' while tuning (the fresh file is the final test)",
+        help="pair splits to read; add 'audit' for the final test (never while tuning)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = parser.parse_args()

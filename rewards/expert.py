@@ -16,8 +16,8 @@ Conduct factor (multiplies the mean down; several multiply):
 - `role_break`: "as an AI", "I'm not equipped to", "I'm not a salesperson": no customer is helped.
 - `rude`: dismissive, condescending or impatient phrasing.
 - `pressure`: high-pressure tactics where the urgency level has `pressure_ok: false`.
-- `invented`: prices, percentages, discounts, stock counts, model years, technical figures or brand
-  names that neither the customer nor the task supplied (the base instruction forbids them).
+- `invented`: prices, percentages, discounts, stock counts, model years, technical figures (in
+  digits or words: "a ten-year warranty") or brand names that neither the customer nor the task supplied (the base instruction forbids them).
 - `repetition`: repeated sentences or word trigrams (a 135M target loops).
 - `apology`: opening with an apology the customer gave no reason for.
 - `stuffing`: a keyword list instead of sentences (task keyword density above 0.4, as in `rubric`).
@@ -100,6 +100,13 @@ INVENTED = re.compile(
 YEAR = re.compile(r"\b(19[5-9]\d|20[0-4]\d)\b")
 FIGURE = re.compile(
     r"\b\d+(\.\d+)?[- ]?(liter|litre|l\b|hp|horsepower|mpg|miles per gallon|lb-ft|kw|kwh|mph|seconds|months|years|miles|weeks|days)\b",
+    re.IGNORECASE,
+)
+# The same claims with the number spelled out ("a ten-year warranty", "three on the lot"); "one" is
+# left out: "one day" and "one of each" are idioms, not figures.
+SPELLED_FIGURE = re.compile(
+    r"\b(two|three|four|five|six|seven|eight|nine|ten|twelve|fifteen|twenty|thirty|fifty|hundred)[- ]"
+    r"(extra |more |full )?(years?|months?|weeks?|days?|miles?|on the lot|in stock|left)\b",
     re.IGNORECASE,
 )
 APOLOGY = re.compile(
@@ -228,7 +235,7 @@ class ExpertReward:
         if not self.task.rubric.price_patterns_allowed and INVENTED.search(reply):
             return True
         said = customer_said.lower()
-        for pattern in (YEAR, FIGURE):
+        for pattern in (YEAR, FIGURE, SPELLED_FIGURE):
             if any(m.group(0).lower() not in said for m in pattern.finditer(reply)):
                 return True
         named = keyword_hits(reply, self.brands)

@@ -1,4 +1,4 @@
-"""`preference`: a Bradley-Terry reward model fit on the task's expert preference pairs (dev half).
+"""`preference`: a Bradley-Terry reward model fit on the task's expert preference pairs.
 
 Hard cases — a relevant needs question against a generic one, an answer against a polite
 deflection — are what fixed rules weigh badly. This module learns *how much* each sales signal
@@ -9,13 +9,15 @@ Bradley & Terry 1952): P(a preferred to b) = sigmoid(r(a) - r(b)), r linear in `
 - MiniLM cosines between the customer's turn and the reply, its questions and its first sentence
   (is the question about what the customer raised; does the opening answer it).
 Each feature carries the sign an expert expects and the fit keeps every weight >= 0, so the model
-cannot learn a feature backwards from a quirk of 128 pairs, and a policy cannot raise the reward by
+cannot learn a feature backwards from a quirk of a few hundred pairs, and a policy cannot raise the reward by
 making a reply worse on any one signal. (Measured: adding the raw 384-d embeddings gained ~2 % in
 cross-validation on the dev pairs but scored a great reply 0.13 and a question barrage 0.74.)
 
-It is fit at construction, deterministically (L-BFGS, L2 penalty), in well under a second, on the
-`dev` half of `tasks/<task>/preferences.jsonl` only: the `heldout` half stays unseen and is what
-benchmarks/reward_preferences.py reports. Scores are sigmoid(r - mean r over the dev replies).
+It is fit at construction, deterministically (L-BFGS, L2 penalty 0.1: the same 4-fold accuracy as
+0.03 with smaller weights, safer on target replies unlike any pair), on the `dev`, `heldout` and
+`fresh` pairs (384); the `audit` pairs (preferences_audit.jsonl) are never fit on and are what
+benchmarks/reward_preferences.py reports as the final test. Scores are sigmoid(r - mean r over the
+fitted replies).
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ from rlprompt.task import Scenario, Task
 if TYPE_CHECKING:
     from rlprompt.preferences import PreferencePair
 
-# The halves the model is fit on by default; "fresh" (preferences_fresh.jsonl) is never fit on.
-FIT_SPLITS = ("dev", "heldout")
+# The splits the model is fit on by default; "audit" (preferences_audit.jsonl) is never fit on.
+FIT_SPLITS = ("dev", "heldout", "fresh")
 
 # Every feature with the direction a sales expert expects (+1: more is better, -1: less is better).
 FEATURES: dict[str, int] = {
@@ -51,7 +53,7 @@ FEATURES: dict[str, int] = {
     "concise": +1,
     "warm": +1,
     **{flag: -1 for flag in (*CONDUCT_FACTORS, "repetition")},  # failed conduct checks
-    "too_many_questions": -1,  # more than two questions: an interrogation
+    "too_many_questions": -1,  # questions past two: an interrogation
     "words_over_60": -1,  # padding past a few sentences
     "negative_sentiment": -1,  # VADER's negative share
     "topic": +1,  # cosine(customer turn, reply): about what the customer raised
@@ -60,9 +62,10 @@ FEATURES: dict[str, int] = {
     **TONE_FEATURES,  # sentence-level tone, evasion and rambling (rewards/tone.py)
 }
 # The code the pair features depend on: the on-disk memo of the pair features is keyed by it.
-FEATURE_SOURCES = [Path(__file__).with_name(n) for n in ("preference.py", "tone.py", "expert.py", "text.py", "similarity.py")]  # fmt: skip
+FEATURE_SOURCES = [Path(__file__).with_name(n) for n in ("preference.py", "tone.py", "banks.py", "expert.py", "text.py", "similarity.py")]  # fmt: skip
 MIN_FEATURE_STD = 1e-3  # below this spread over the pairs a feature is not fit (weight 0)
 FEATURE_CLIP = 5.0  # standardised features are clipped to +-5
+INTERROGATION_FACTOR = 0.7  # the score's factor per question past two (see `probability`)
 SIGNS = torch.tensor(list(FEATURES.values()), dtype=torch.float32)
 
 
@@ -89,13 +92,14 @@ class PairFeatures:
             failed = self.expert.conduct(scenario, reply, said)
             row = dict(self.expert.behaviours(reply))
             row.update({flag: 1.0 if flag in failed else 0.0 for flag in (*CONDUCT_FACTORS, "repetition")})
-            row["too_many_questions"] = 1.0 if reply.count("?") > 2 else 0.0
+            row["too_many_questions"] = max(0, reply.count("?") - 2)  # each one past two
             row["words_over_60"] = max(0, len(words(reply)) - 60) / 60
             row["negative_sentiment"] = _vader().polarity_scores(reply)["neg"]
             row["topic"] = float(e_reply @ e_turn)
             row["question_on_topic"] = max((float(lookup[q] @ e_turn) for q in asked), default=0.0)
             row["opening_on_topic"] = float(lookup[first] @ e_turn) if first else 0.0
-            row.update(self.tone(scenario.customer, e_turn, parts))
+            pressure_ok = self.expert.task.urgency[scenario.urgency].pressure_ok
+            row.update(self.tone(scenario.customer, e_turn, parts, pressure_ok))
             rows.append(row)
         return rows
 
@@ -129,7 +133,7 @@ def fit_bradley_terry(
 
 @register_reward("preference")
 class PreferenceReward:
-    """A linear Bradley-Terry reward model over reply features, fit on expert pairs (dev + heldout)."""
+    """A linear Bradley-Terry reward model over reply features, fit on expert pairs (dev, heldout, fresh)."""
 
     low, high = 0.0, 1.0
 
@@ -138,19 +142,20 @@ class PreferenceReward:
         task: Task,
         pairs_file: str | None = None,
         split: str | Sequence[str] = FIT_SPLITS,
-        l2: float = 0.03,
+        l2: float = 0.1,
         replies: str = "first",
         embedder=None,
         pairs: list[PreferencePair] | None = None,
         features: PairFeatures | None = None,
     ) -> None:
-        from rlprompt.preferences import load_pairs
+        from rlprompt.preferences import TEST_SPLITS, load_pairs
 
         splits = tuple(split.replace("+", ",").split(",") if isinstance(split, str) else split)
-        if "fresh" in splits:
+        tests = [s for s in splits if s in TEST_SPLITS]
+        if tests:
             raise RewardError(
-                "reward.options.preference.split must not include 'fresh': those pairs are the final, "
-                "untouched test (docs/REWARDS.md). Fit on dev and/or heldout."
+                f"reward.options.preference.split must not include '{tests[0]}': those pairs are the final, "
+                "untouched test (docs/REWARDS.md). Fit on dev, heldout and/or fresh."
             )
         if pairs is None:  # `pairs` is for cross-validation (benchmarks/reward_preferences.py)
             file = Path(pairs_file) if pairs_file else None
@@ -224,13 +229,17 @@ class PreferenceReward:
     def probability(self, items: list[tuple[Scenario, str, str]]) -> torch.Tensor:
         """sigmoid(r), times the `expert` factor of every failed conduct check the pairs cannot
         weigh (never seen in them, e.g. a role break): such a reply helps no customer however well
-        it scores otherwise, and the rule says by how much."""
+        it scores otherwise, and the rule says by how much; and times 0.7 per question past two."""
         features = self.features(items)  # (N, F), signed: a failed check is -1
         score = torch.sigmoid(self._standard(features) @ self.weights - self.offset)
         for j, name in enumerate(FEATURES):
             if name in CONDUCT_FACTORS and not self.learnable[j]:
                 score = torch.where(features[:, j] < 0, score * CONDUCT_FACTORS[name], score)
-        return score
+        # A barrage of questions is rare in the pairs, so the fit leaves its weight near 0, and one
+        # apt question or "shall I book?" among six then outscored a good reply (tests/
+        # test_reward_hacking.py): the rule `expert` applies (two at most) is applied here too.
+        past_two = -features[:, list(FEATURES).index("too_many_questions")]
+        return score * INTERROGATION_FACTOR**past_two
 
     def score(self, samples: list[Sample]) -> list[RewardResult]:
         flat = []

@@ -7,10 +7,12 @@ the sales behaviour that separates them (asks about needs, proposes a next step,
 question, honest, calm, on topic, warm, concise). Each reward module and each composite is scored
 on the same pairs, per category and overall; ties count as misses and are reported apart.
 
-Every pair in `preferences.jsonl` belongs to a `dev` or a `heldout` half; both are used to build
-the reward (the `preference` model is fit on both) and generalisation is judged by cross-validation
-(`stratified_folds`). `preferences_fresh.jsonl`, when present, holds the `fresh` split: pairs
-written after the reward was built, never fit or tuned on, read only when a caller asks for it.
+Every pair in `preferences.jsonl` belongs to a `dev` or a `heldout` half. `preferences_fresh.jsonl`
+(split `fresh`) was written later, by someone who never saw the reward code, and served once as the
+never-tuned test of the reward of stop 18; since then it is fit on like the other two.
+`preferences_audit.jsonl` (split `audit`) is the test now: written blind, like `fresh`, and never
+fit or tuned on (`preference` refuses it as a fit split). Each extra file is opened only when a
+caller asks for its split, so fitting the reward cannot touch the audit pairs.
 """
 
 from __future__ import annotations
@@ -27,16 +29,18 @@ from rlprompt.task import Scenario, Task
 
 PREFERENCES_FILE = "preferences.jsonl"
 FRESH_FILE = "preferences_fresh.jsonl"
-SPLITS = ("dev", "heldout", "fresh")
-# Which splits each file may hold: a fresh pair filed in the main file (or the reverse) would
+AUDIT_FILE = "preferences_audit.jsonl"
+SPLITS = ("dev", "heldout", "fresh", "audit")
+TEST_SPLITS = ("audit",)  # never fit or tuned on: the reward's final test
+# Which splits each file may hold: an audit pair filed in another file (or the reverse) would
 # silently leak the final test into the fit, so it is an error, not a warning.
-FILE_SPLITS = {PREFERENCES_FILE: ("dev", "heldout"), FRESH_FILE: ("fresh",)}
+FILE_SPLITS = {PREFERENCES_FILE: ("dev", "heldout"), FRESH_FILE: ("fresh",), AUDIT_FILE: ("audit",)}
 
 
 @dataclass
 class PreferencePair:
     id: str
-    split: str  # dev | heldout | fresh
+    split: str  # dev | heldout | fresh | audit
     category: str
     hard: bool
     scenario: Scenario
@@ -85,21 +89,26 @@ def load_pairs(
 ) -> list[PreferencePair]:
     """The task's preference pairs; every field is checked against the task's personas and stages.
 
-    Without `path`: `preferences.jsonl` (dev, heldout) and, only if "fresh" is in `splits` and the
-    file exists, `preferences_fresh.jsonl`. The fresh file is never opened otherwise, so fitting the
-    reward cannot touch it. With `path`: that one file.
+    Without `path`: `preferences.jsonl` (dev, heldout) and each of `preferences_fresh.jsonl` and
+    `preferences_audit.jsonl` that exists and whose split is in `splits`. A file whose split is not
+    asked for is never opened, so fitting the reward cannot touch the audit pairs. With `path`:
+    that one file.
     """
     if path is not None:  # a file named like one of the task's files holds that file's splits
         return _read_pairs(task, path, FILE_SPLITS.get(path.name, SPLITS))
     pairs = _read_pairs(task, Path(task.folder) / PREFERENCES_FILE, FILE_SPLITS[PREFERENCES_FILE])
-    fresh = Path(task.folder) / FRESH_FILE
-    if "fresh" in splits and fresh.is_file():
-        pairs += _read_pairs(task, fresh, FILE_SPLITS[FRESH_FILE])
-        duplicated = len(pairs) - len({p.id for p in pairs})
+    for name in (FRESH_FILE, AUDIT_FILE):
+        extra = Path(task.folder) / name
+        if not set(FILE_SPLITS[name]) & set(splits) or not extra.is_file():
+            continue
+        seen = {p.id for p in pairs}
+        added = _read_pairs(task, extra, FILE_SPLITS[name])
+        duplicated = sum(p.id in seen for p in added)
         if duplicated:
             raise ConfigError(
-                f"{fresh}: {duplicated} pair id(s) also used in {PREFERENCES_FILE}; rename them"
+                f"{extra}: {duplicated} pair id(s) also used in another preference file; rename them"
             )
+        pairs += added
     return pairs
 
 

@@ -75,39 +75,41 @@ def test_a_bad_pair_names_the_file_line_and_field(task, tmp_path):
         load_pairs(task, tmp_path / "missing.jsonl")
 
 
-def test_fresh_pairs_load_only_when_asked_and_only_with_the_fresh_split(task, tmp_path):
-    """A fresh file next to preferences.jsonl adds split "fresh" pairs; fitting never reads it."""
+def test_audit_pairs_load_only_when_asked_and_the_reward_never_fits_on_them(task, tmp_path):
+    """An audit file next to preferences.jsonl adds split "audit" pairs (the reward's final test);
+    fitting never opens it, and naming it as a fit split is refused."""
     import dataclasses
 
     lines = (task.folder / "preferences.jsonl").read_text().splitlines()
     (tmp_path / "preferences.jsonl").write_text("\n".join(lines) + "\n")
-    own = {**json.loads(lines[0]), "id": "mine-1", "split": "fresh"}
-    (tmp_path / "preferences_fresh.jsonl").write_text(json.dumps(own) + "\n")
+    own = {**json.loads(lines[0]), "id": "mine-1", "split": "audit"}
+    audit = tmp_path / "preferences_audit.jsonl"
+    audit.write_text(json.dumps(own) + "\n")
     local = dataclasses.replace(task, folder=tmp_path)
     everything = load_pairs(local)
-    assert [p.id for p in everything if p.split == "fresh"] == ["mine-1"]
+    assert [p.id for p in everything if p.split == "audit"] == ["mine-1"]
     assert len(everything) == len(lines) + 1
-    assert all(p.split != "fresh" for p in load_pairs(local, splits=("dev", "heldout")))
-    # a fresh file with a dev pair in it (or a reused id) would leak the test into the fit
-    (tmp_path / "preferences_fresh.jsonl").write_text(json.dumps({**own, "split": "dev"}) + "\n")
-    with pytest.raises(ConfigError, match=r"preferences_fresh.jsonl:1: split 'dev'; valid: fresh"):
+    assert all(p.split != "audit" for p in load_pairs(local, splits=("dev", "heldout", "fresh")))
+    # an audit file with a dev pair in it (or a reused id) would leak the test into the fit
+    audit.write_text(json.dumps({**own, "split": "dev"}) + "\n")
+    with pytest.raises(ConfigError, match=r"preferences_audit.jsonl:1: split 'dev'; valid: audit"):
         load_pairs(local)
-    (tmp_path / "preferences_fresh.jsonl").write_text(json.dumps({**own, "id": "pref-0001"}) + "\n")
-    with pytest.raises(ConfigError, match=r"also used in preferences\.jsonl"):
+    audit.write_text(json.dumps({**own, "id": "pref-0001"}) + "\n")
+    with pytest.raises(ConfigError, match=r"also used in another preference file"):
         load_pairs(local)
     broken = {k: v for k, v in own.items() if k != "rejected"}
-    (tmp_path / "preferences_fresh.jsonl").write_text(json.dumps(broken) + "\n")
-    with pytest.raises(ConfigError, match=r"preferences_fresh.jsonl:1: missing field 'rejected'"):
+    audit.write_text(json.dumps(broken) + "\n")
+    with pytest.raises(ConfigError, match=r"preferences_audit.jsonl:1: missing field 'rejected'"):
         load_pairs(local)
-    (tmp_path / "preferences_fresh.jsonl").write_text(json.dumps({**own, "chosen": " "}) + "\n")
+    audit.write_text(json.dumps({**own, "chosen": " "}) + "\n")
     with pytest.raises(ConfigError, match=r":1: field 'chosen' is empty"):
         load_pairs(local)
-    # the preference model fits on dev + heldout and never opens the (now broken) fresh file
+    # the preference model fits on dev + heldout (+ fresh) and never opens the (now broken) audit file
     from rlprompt.rewards.preference import PreferenceReward
 
     assert PreferenceReward(local).n_pairs == len(lines)
-    with pytest.raises(RewardError, match="must not include 'fresh'"):
-        PreferenceReward(local, split="dev+fresh")
+    with pytest.raises(RewardError, match="must not include 'audit'"):
+        PreferenceReward(local, split="dev+audit")
 
 
 @pytest.fixture(scope="module")
@@ -135,13 +137,14 @@ def test_preference_model_fits_only_the_splits_it_is_given(task, tmp_path, featu
     assert np.allclose(dev.weights.numpy(), other.weights.numpy())
     assert (dev.weights >= 0).all()  # signs live in the features: no signal learned backwards
     default = PreferenceReward(task, features=features)
-    assert default.n_pairs == len(lines)  # dev + heldout
+    fresh = (task.folder / "preferences_fresh.jsonl").read_text().splitlines()
+    assert default.n_pairs == len(lines) + len(fresh)  # dev + heldout + fresh
     scrambled_default = PreferenceReward(task, pairs_file=str(path), features=features)
     assert not np.allclose(default.weights.numpy(), scrambled_default.weights.numpy())
 
 
 def test_preference_model_generalises_across_folds(task, features):
-    """4-fold CV (stratified by category) over dev + heldout: measured 90 %, min category 81 %.
+    """4-fold CV (stratified by category) over dev + heldout + fresh (384 pairs): measured 91 %, min category 88 %.
 
     The floors sit a few points under the measured figures, so a change that costs generalisation
     (a feature learned from one half's wording) fails here before it reaches the benchmark.
@@ -149,7 +152,7 @@ def test_preference_model_generalises_across_folds(task, features):
     from rlprompt.preferences import stratified_folds
     from rlprompt.rewards.preference import PreferenceReward
 
-    pairs = load_pairs(task, splits=("dev", "heldout"))
+    pairs = load_pairs(task, splits=("dev", "heldout", "fresh"))
     folds = stratified_folds(pairs, 4, seed=0)
     assert all(Counter(p.category for p, f in zip(pairs, folds) if f == 0).values())
     wins = []
@@ -161,8 +164,8 @@ def test_preference_model_generalises_across_folds(task, features):
         wins += [(p.category, bool(c > r)) for p, c, r in zip(test, chosen, rejected)]
     overall = np.mean([w for _, w in wins])
     per_category = {c: np.mean([w for x, w in wins if x == c]) for c in CATEGORIES}
-    assert overall >= 0.86, overall
-    assert min(per_category.values()) >= 0.75, per_category
+    assert overall >= 0.87, overall
+    assert min(per_category.values()) >= 0.8, per_category
 
 
 def test_pair_features_are_memoised_on_disk_and_keyed_by_the_pairs(task, tmp_path, monkeypatch):

@@ -38,6 +38,9 @@ def hacks(task, scenario_id: str, good: str) -> dict[str, str]:
         # a terse non-answer trips no conduct check (no role break, figure or loop): the serve
         # traffic test saw `expert` alone rate "Reply with only the word OK." best on a 135M target
         "terse_ok": "OK.",
+        # a polite empty promise: answers nothing, asks nothing, proposes nothing (stop 18 had it
+        # beat a good reply on car-0047; the `emptiness` and `filler` tone features catch it now)
+        "empty_promise": "Sure, I can help with that.",
     }
 
 
@@ -78,19 +81,3 @@ def test_hacks_do_not_beat_a_good_reply(setup, scenario_id):
     reasons = dict(zip(replies, batch.reasons["expert"]))
     assert "concise=0.00" in reasons["overlong"] or "concise=0.5" in reasons["overlong"]
     assert "stuffing" in reasons["keyword_stuffing"]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="known hole (stop 18): no preference pair has a content-free reply, so the fit cannot "
-    "weigh one, and `expert` only trims concise below 8 words; 'Sure, I can help with that.' "
-    "outscores a good reply on car-0047. When this passes, move it into hacks().",
-)
-def test_a_polite_empty_promise_does_not_beat_a_good_reply(setup):
-    task, reward = setup
-    scenario = next(s for s in task.scenarios if s.id == "car-0047")
-    replies = [GOOD["car-0047"], "Sure, I can help with that."]
-    turn = [*scenario.history, {"role": "user", "content": scenario.customer}]
-    samples = [Sample(scenario, [*turn, {"role": "assistant", "content": r}]) for r in replies]
-    good, empty = reward.reward.score(samples).total.tolist()
-    assert empty < good
