@@ -106,7 +106,7 @@ FIGURE = re.compile(
 # left out: "one day" and "one of each" are idioms, not figures.
 SPELLED_FIGURE = re.compile(
     r"\b(two|three|four|five|six|seven|eight|nine|ten|twelve|fifteen|twenty|thirty|fifty|hundred)[- ]"
-    r"(extra |more |full )?(years?|months?|weeks?|days?|miles?|on the lot|in stock|left)\b",
+    r"(extra |more |full |of them |of those )?(years?|months?|weeks?|days?|miles?|on the lot|in stock|left)\b",
     re.IGNORECASE,
 )
 APOLOGY = re.compile(

@@ -14,10 +14,10 @@ making a reply worse on any one signal. (Measured: adding the raw 384-d embeddin
 cross-validation on the dev pairs but scored a great reply 0.13 and a question barrage 0.74.)
 
 It is fit at construction, deterministically (L-BFGS, L2 penalty 0.1: the same 4-fold accuracy as
-0.03 with smaller weights, safer on target replies unlike any pair), on the `dev`, `heldout` and
-`fresh` pairs (384); the `audit` pairs (preferences_audit.jsonl) are never fit on and are what
-benchmarks/reward_preferences.py reports as the final test. Scores are sigmoid(r - mean r over the
-fitted replies).
+0.03 with smaller weights, safer on target replies unlike any pair), on the `dev`, `heldout`,
+`fresh` and `audit` pairs (512); the `audit2` pairs (preferences_audit2.jsonl) are never fit on
+and are what benchmarks/reward_preferences.py reports as the final test. Scores are
+sigmoid(r - mean r over the fitted replies).
 """
 
 from __future__ import annotations
@@ -43,13 +43,14 @@ from rlprompt.task import Scenario, Task
 if TYPE_CHECKING:
     from rlprompt.preferences import PreferencePair
 
-# The splits the model is fit on by default; "audit" (preferences_audit.jsonl) is never fit on.
-FIT_SPLITS = ("dev", "heldout", "fresh")
+# The splits the model is fit on by default; "audit2" (preferences_audit2.jsonl) is never fit on.
+FIT_SPLITS = ("dev", "heldout", "fresh", "audit")
 
 # Every feature with the direction a sales expert expects (+1: more is better, -1: less is better).
 FEATURES: dict[str, int] = {
     "question": +1,  # one or two questions to the customer (expert behaviour)
     "next_step": +1,
+    "scheduled": +1,  # the next step has a when: "by tomorrow", "Thursday afternoon", "at 11"
     "concise": +1,
     "warm": +1,
     **{flag: -1 for flag in (*CONDUCT_FACTORS, "repetition")},  # failed conduct checks
@@ -66,6 +67,11 @@ FEATURE_SOURCES = [Path(__file__).with_name(n) for n in ("preference.py", "tone.
 MIN_FEATURE_STD = 1e-3  # below this spread over the pairs a feature is not fit (weight 0)
 FEATURE_CLIP = 5.0  # standardised features are clipped to +-5
 INTERROGATION_FACTOR = 0.7  # the score's factor per question past two (see `probability`)
+WHEN = re.compile(
+    r"\b(today|tonight|tomorrow|this (morning|afternoon|evening|week)|next week|(mon|tues|wednes|thurs|fri|satur|sun)day|"
+    r"weekend|within the (hour|day)|by (the )?end of|\d{1,2}(:\d\d)? ?(am|pm)|at \d{1,2}\b)",
+    re.IGNORECASE,
+)
 SIGNS = torch.tensor(list(FEATURES.values()), dtype=torch.float32)
 
 
@@ -92,6 +98,7 @@ class PairFeatures:
             failed = self.expert.conduct(scenario, reply, said)
             row = dict(self.expert.behaviours(reply))
             row.update({flag: 1.0 if flag in failed else 0.0 for flag in (*CONDUCT_FACTORS, "repetition")})
+            row["scheduled"] = 1.0 if row["next_step"] and WHEN.search(reply) else 0.0
             row["too_many_questions"] = max(0, reply.count("?") - 2)  # each one past two
             row["words_over_60"] = max(0, len(words(reply)) - 60) / 60
             row["negative_sentiment"] = _vader().polarity_scores(reply)["neg"]
@@ -133,7 +140,7 @@ def fit_bradley_terry(
 
 @register_reward("preference")
 class PreferenceReward:
-    """A linear Bradley-Terry reward model over reply features, fit on expert pairs (dev, heldout, fresh)."""
+    """A linear Bradley-Terry reward model over reply features, fit on expert pairs (dev, heldout, fresh, audit)."""
 
     low, high = 0.0, 1.0
 
@@ -155,7 +162,7 @@ class PreferenceReward:
         if tests:
             raise RewardError(
                 f"reward.options.preference.split must not include '{tests[0]}': those pairs are the final, "
-                "untouched test (docs/REWARDS.md). Fit on dev, heldout and/or fresh."
+                "untouched test (docs/REWARDS.md). Fit on dev, heldout, fresh and/or audit."
             )
         if pairs is None:  # `pairs` is for cross-validation (benchmarks/reward_preferences.py)
             file = Path(pairs_file) if pairs_file else None

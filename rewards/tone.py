@@ -61,8 +61,9 @@ from rlprompt.rewards.banks import (
 ANSWER_OPENING = re.compile(
     r"^\W*(yes|yeah|yep|no|nope|not (directly|quite|really|on)|absolutely|definitely|certainly|sure|"
     r"of course|correct|exactly|usually|mostly|mainly|generally|typically|both|neither|either|only|"
-    r"(it|that|this|they|we|you|there) ?('?s|'?re|'?ll|is|are|was|does|doesn'?t|do|don'?t|can|can'?t|"
-    r"will|won'?t|has|have|comes|uses|includes|covers|means|works|depends))\b",
+    r"(it|that|this|they|we|you|there)( (still|also|usually|normally|only|really|always|generally|typically))? ?"
+    r"('?s|'?re|'?ll|is|are|was|does|doesn'?t|do|don'?t|can|can'?t|will|won'?t|has|have|comes|uses|"
+    r"includes|covers|means|works|depends|offer|sell|take|get|carry|handle|accept|need))\b",
     re.IGNORECASE,
 )
 OFF_TOPIC_COSINE = 0.2

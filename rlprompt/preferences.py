@@ -7,12 +7,12 @@ the sales behaviour that separates them (asks about needs, proposes a next step,
 question, honest, calm, on topic, warm, concise). Each reward module and each composite is scored
 on the same pairs, per category and overall; ties count as misses and are reported apart.
 
-Every pair in `preferences.jsonl` belongs to a `dev` or a `heldout` half. `preferences_fresh.jsonl`
-(split `fresh`) was written later, by someone who never saw the reward code, and served once as the
-never-tuned test of the reward of stop 18; since then it is fit on like the other two.
-`preferences_audit.jsonl` (split `audit`) is the test now: written blind, like `fresh`, and never
-fit or tuned on (`preference` refuses it as a fit split). Each extra file is opened only when a
-caller asks for its split, so fitting the reward cannot touch the audit pairs.
+Every pair in `preferences.jsonl` belongs to a `dev` or a `heldout` half. Each later file was
+written blind (by someone who never saw the reward code), served once as the never-tuned test of
+the reward of its time, and is fit on since: `preferences_fresh.jsonl` (split `fresh`, the test of
+stop 18), `preferences_audit.jsonl` (`audit`, the first test of stop 19). `preferences_audit2.jsonl`
+(`audit2`) is the test now: never fit or tuned on (`preference` refuses it as a fit split). Each
+extra file is opened only when a caller asks for its split, so fitting cannot touch the test pairs.
 """
 
 from __future__ import annotations
@@ -30,17 +30,23 @@ from rlprompt.task import Scenario, Task
 PREFERENCES_FILE = "preferences.jsonl"
 FRESH_FILE = "preferences_fresh.jsonl"
 AUDIT_FILE = "preferences_audit.jsonl"
-SPLITS = ("dev", "heldout", "fresh", "audit")
-TEST_SPLITS = ("audit",)  # never fit or tuned on: the reward's final test
+AUDIT2_FILE = "preferences_audit2.jsonl"
+SPLITS = ("dev", "heldout", "fresh", "audit", "audit2")
+TEST_SPLITS = ("audit2",)  # never fit or tuned on: the reward's final test
 # Which splits each file may hold: an audit pair filed in another file (or the reverse) would
 # silently leak the final test into the fit, so it is an error, not a warning.
-FILE_SPLITS = {PREFERENCES_FILE: ("dev", "heldout"), FRESH_FILE: ("fresh",), AUDIT_FILE: ("audit",)}
+FILE_SPLITS = {
+    PREFERENCES_FILE: ("dev", "heldout"),
+    FRESH_FILE: ("fresh",),
+    AUDIT_FILE: ("audit",),
+    AUDIT2_FILE: ("audit2",),
+}
 
 
 @dataclass
 class PreferencePair:
     id: str
-    split: str  # dev | heldout | fresh | audit
+    split: str  # dev | heldout | fresh | audit | audit2
     category: str
     hard: bool
     scenario: Scenario
@@ -89,15 +95,14 @@ def load_pairs(
 ) -> list[PreferencePair]:
     """The task's preference pairs; every field is checked against the task's personas and stages.
 
-    Without `path`: `preferences.jsonl` (dev, heldout) and each of `preferences_fresh.jsonl` and
-    `preferences_audit.jsonl` that exists and whose split is in `splits`. A file whose split is not
-    asked for is never opened, so fitting the reward cannot touch the audit pairs. With `path`:
-    that one file.
+    Without `path`: `preferences.jsonl` (dev, heldout) and each later file (fresh, audit, audit2)
+    that exists and whose split is in `splits`. A file whose split is not asked for is never
+    opened, so fitting the reward cannot touch the test pairs. With `path`: that one file.
     """
     if path is not None:  # a file named like one of the task's files holds that file's splits
         return _read_pairs(task, path, FILE_SPLITS.get(path.name, SPLITS))
     pairs = _read_pairs(task, Path(task.folder) / PREFERENCES_FILE, FILE_SPLITS[PREFERENCES_FILE])
-    for name in (FRESH_FILE, AUDIT_FILE):
+    for name in (FRESH_FILE, AUDIT_FILE, AUDIT2_FILE):
         extra = Path(task.folder) / name
         if not set(FILE_SPLITS[name]) & set(splits) or not extra.is_file():
             continue
@@ -149,6 +154,12 @@ def _read_pairs(task: Task, file: Path, valid_splits: tuple[str, ...]) -> list[P
             raise ConfigError(
                 f"{file}:{number}: not a preference pair ({err}); one JSON object per line"
             ) from err
+        roles = [turn.get("role") if isinstance(turn, dict) else None for turn in scenario.history]
+        if any(role not in ("user", "assistant") for role in roles):
+            raise ConfigError(
+                f"{file}:{number}: field 'history' has a turn with role {next(r for r in roles if r not in ('user', 'assistant'))!r}; "
+                "each turn is {role: user|assistant, content: str} (the customer is 'user')"
+            )
         if pair.split not in valid_splits:
             raise ConfigError(
                 f"{file}:{number}: split '{pair.split}'; valid: {', '.join(valid_splits)} in {file.name}"
