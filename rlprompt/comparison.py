@@ -39,7 +39,6 @@ from rlprompt.evaluation import EvalResult, Interval, bootstrap_ci, evaluate
 from rlprompt.optimizers.base import OptimizerResult, run_optimizer
 from rlprompt.rewards.factory import reward_from_config
 from rlprompt.task import Task, load_task
-from rlprompt.training_run import prompt_lookup
 
 log = logging.getLogger(__name__)
 EVAL_SPLITS = ("test", "heldout_persona")
@@ -233,7 +232,9 @@ def evaluate_all(run: RunConfig, records: dict[str, MethodRecord]) -> dict[str, 
     for record in records.values():
         t0 = time.perf_counter()
         for result in record.results:
-            record.evals.append({split: score(prompt_lookup(result.prompts), split) for split in EVAL_SPLITS})
+            record.evals.append(
+                {split: score(result.prompts.system_prompt_for, split) for split in EVAL_SPLITS}
+            )
         eval_seconds[record.label] = time.perf_counter() - t0
     eval_stats = {
         "eval_calls": target.counter.calls,
@@ -316,7 +317,7 @@ def summarize(
         "optimize_seconds": float(np.mean([r.seconds for r in results])),
         "eval_seconds": eval_seconds,
         "curves": {str(r.seed): r.curve for r in results},
-        "prompts": {str(r.seed): r.prompts for r in results},
+        "prompts": {str(r.seed): r.prompts.to_dict() for r in results},
         "extra": {str(r.seed): r.extra for r in results},
     }
 

@@ -93,6 +93,12 @@ class Scenario:
     def context(self) -> tuple[str, str, str]:
         return (self.persona, self.stage, self.urgency)
 
+    @classmethod
+    def for_context(cls, context: tuple[str, str, str]) -> Scenario:
+        """A placeholder scenario that carries only a context (for per-context prompt writers)."""
+        persona, stage, urgency = context
+        return cls(id="", persona=persona, stage=stage, urgency=urgency, customer="-")
+
     def context_text(self) -> str:
         """The string the context-conditioned policy reads."""
         return f"Customer type: {self.persona}. Stage: {self.stage}. Urgency: {self.urgency}."

@@ -28,6 +28,7 @@ from rlprompt.evaluation import EvalResult, evaluate, paired_difference, win_rat
 from rlprompt.learning import Candidate, plot_learning_curve, reward_rise
 from rlprompt.models import load_model
 from rlprompt.policy import PromptPolicy
+from rlprompt.prompt_set import PromptEntry, PromptSet, context_key, write_prompts
 from rlprompt.prompting import check_prompt_text
 from rlprompt.rewards.factory import reward_from_config
 from rlprompt.targets.cache import CachedTarget, CallCounter
@@ -61,13 +62,11 @@ def build_trainer(run: RunConfig, run_dir: Path, accelerator=None) -> PPOTrainer
     )
 
 
-def learned_prompts(trainer: PPOTrainer) -> dict:
+def learned_prompts(trainer: PPOTrainer) -> PromptSet:
     """Greedy prompt per context (context-conditioned) and the task-level prompt, as in prompts.json."""
     policy, task = trainer.policy, trainer.task
     contexts = task.contexts
-    texts = [
-        Scenario(id="", persona=p, stage=s, urgency=u, customer="-").context_text() for p, s, u in contexts
-    ]
+    texts = [Scenario.for_context(c).context_text() for c in contexts]
     per_context = (
         policy.sample(texts, greedy=True)
         if trainer.run.policy.conditioning == "context_conditioned"
@@ -75,39 +74,28 @@ def learned_prompts(trainer: PPOTrainer) -> dict:
     )
     task_level = policy.sample([TASK_LEVEL_CONTEXT], greedy=True)
 
-    def entry(prompt: str, ids: torch.Tensor) -> dict:
+    def entry(prompt: str, ids: torch.Tensor) -> PromptEntry:
         check_prompt_text(prompt, "learned prompt")
-        return {"text": prompt, "action_ids": ids.tolist(), "system_prompt": trainer.system_prompt(prompt)}
+        return PromptEntry(prompt, trainer.system_prompt(prompt), ids.tolist())
 
-    out = {
-        "task": task.name,
-        "method": f"ppo-{trainer.run.policy.action_space}",
-        "source_model": trainer.run.policy.backbone,
-        "target_model": trainer.run.target.model,
-        "action_space": trainer.run.policy.action_space,
-        "conditioning": trainer.run.policy.conditioning,
-        "prompt_template": trainer.run.prompt.template,
-        "base_instruction": task.base_instruction,
-        "task_level": entry(task_level.prompts[0], task_level.actions[0]),
-        "per_context": {},
-    }
+    out = PromptSet(
+        task=task.name,
+        method=f"ppo-{trainer.run.policy.action_space}",
+        source_model=trainer.run.policy.backbone,
+        target_model=trainer.run.target.model,
+        action_space=trainer.run.policy.action_space,
+        conditioning=trainer.run.policy.conditioning,
+        prompt_template=trainer.run.prompt.template,
+        base_instruction=task.base_instruction,
+        task_level=entry(task_level.prompts[0], task_level.actions[0]),
+    )
     if per_context is not None:
-        for (p, s, u), prompt, ids in zip(contexts, per_context.prompts, per_context.actions):
-            out["per_context"][f"{p}|{s}|{u}"] = entry(prompt, ids)
+        for context, prompt, ids in zip(contexts, per_context.prompts, per_context.actions):
+            out.per_context[context_key(context)] = entry(prompt, ids)
     return out
 
 
-def prompt_lookup(prompts: dict):
-    """Scenario → system prompt for a prompts.json dict (per-context if present, else task-level)."""
-
-    def prompt_for(scenario: Scenario) -> str:
-        key = "|".join(scenario.context)
-        return prompts["per_context"].get(key, prompts["task_level"])["system_prompt"]
-
-    return prompt_for
-
-
-def evaluate_run(trainer: PPOTrainer, prompts: dict, target: CachedTarget | None = None) -> dict:
+def evaluate_run(trainer: PPOTrainer, prompts: PromptSet, target: CachedTarget | None = None) -> dict:
     """Learned prompts vs the base instruction on `run.eval.splits`. `target` defaults to the
     trainer's model on its own unbudgeted "eval" counter: evaluation is never charged to
     `optimizer.budget` (as in rlprompt/comparison.py)."""
@@ -119,7 +107,7 @@ def evaluate_run(trainer: PPOTrainer, prompts: dict, target: CachedTarget | None
     for split in run.eval.splits:
         results: dict[str, EvalResult] = {}
         for name, prompt_for in (
-            ("learned", prompt_lookup(prompts)),
+            ("learned", prompts.system_prompt_for),
             ("base_instruction", lambda s: task.base_instruction),
         ):
             results[name] = evaluate(
@@ -197,7 +185,7 @@ def concat_results(results: list[EvalResult]) -> EvalResult:
     )
 
 
-def select_task_prompt(trainer: PPOTrainer, prompts: dict, target: CachedTarget) -> dict | None:
+def select_task_prompt(trainer: PPOTrainer, prompts: PromptSet, target: CachedTarget) -> dict | None:
     """Ship the candidate task-level prompt with the best `val` reward (RLPrompt's model selection).
 
     Candidates: the policy's greedy prompt at `eval.select_checkpoints` checkpoints (early stopping)
@@ -206,9 +194,9 @@ def select_task_prompt(trainer: PPOTrainer, prompts: dict, target: CachedTarget)
     """
     run, task = trainer.run, trainer.task
     candidates = trainer.learning.candidates()
-    final = prompts["task_level"]
-    if final["text"] not in {c.text for c in candidates}:
-        candidates.append(Candidate(final["text"], final["action_ids"], f"greedy@{trainer.step_index}"))
+    final = prompts.task_level
+    if final.text not in {c.text for c in candidates}:
+        candidates.append(Candidate(final.text, final.action_ids, f"greedy@{trainer.step_index}"))
     if len(candidates) < 2:
         return None
 
@@ -222,11 +210,7 @@ def select_task_prompt(trainer: PPOTrainer, prompts: dict, target: CachedTarget)
     base = on_val(task.base_instruction)
     best, _ = max(rows, key=lambda row: float(row[1].rewards.mean()))
     check_prompt_text(best.text, "selected prompt")
-    prompts["task_level"] = {
-        "text": best.text,
-        "action_ids": best.action_ids,
-        "system_prompt": trainer.system_prompt(best.text),
-    }
+    prompts.task_level = PromptEntry(best.text, trainer.system_prompt(best.text), best.action_ids)
     return {
         "split": "val",
         "chosen": best.text,
@@ -258,15 +242,14 @@ def run_training(run: RunConfig, run_dir: Path, accelerator=None) -> dict | None
     selection = None
     if run.eval.select_checkpoints or run.eval.select_samples:
         selection = select_task_prompt(trainer, prompts, eval_target)
-    write_json(run_dir / "prompts.json", prompts)
-    (run_dir / "prompt.txt").write_text(prompts["task_level"]["system_prompt"] + "\n")
+    write_prompts(run_dir, prompts)
     summary = evaluate_run(trainer, prompts, eval_target)
     write_learning_curve(run_dir / "learning_curve.png", trainer, selection)
     counter = trainer.target.counter  # training: this rank's; target_calls sums all ranks
     summary.update(
         {
             "task": run.task.name,
-            "method": prompts["method"],
+            "method": prompts.method,
             "steps": trainer.step_index,
             "processes": trainer.world,
             "target_calls": total_calls,
@@ -279,7 +262,7 @@ def run_training(run: RunConfig, run_dir: Path, accelerator=None) -> dict | None
             "phase_seconds": dict(trainer.phases.seconds),
             "target_completion_tokens": counter.completion_tokens,
             "wall_seconds": time.perf_counter() - started,
-            "task_level_prompt": prompts["task_level"]["text"],
+            "task_level_prompt": prompts.task_level.text,
             "selection": selection,
             "training_reward": {"steps": trainer.learning.steps, "mean": trainer.learning.reward},
             "training_reward_rise": reward_rise(trainer.learning.reward),

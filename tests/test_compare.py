@@ -20,6 +20,7 @@ from rlprompt.comparison import EVAL_SPLITS, MODES, MethodRecord, assemble_resul
 from rlprompt.config import validate
 from rlprompt.evaluation import EvalResult, select_scenarios
 from rlprompt.optimizers.base import OptimizerResult
+from rlprompt.prompt_set import PromptSet
 from rlprompt.report import write_report
 from rlprompt.task import load_task
 
@@ -61,7 +62,9 @@ def fake_report(out: Path, seeds: dict[str, list[int]], reward=None, max_scenari
         for seed in label_seeds:
             prompts = hand_made(label.split("-")[0], f"learned by {label} seed {seed}")
             run_dir = out / "runs" / label / f"seed{seed}"
-            result = OptimizerResult(prompts["method"], seed, prompts, [(0, 0.1), (8, 0.2)], 8, 24)
+            result = OptimizerResult(
+                prompts["method"], seed, PromptSet.from_dict(prompts), [(0, 0.1), (8, 0.2)], 8, 24
+            )
             result.run_dir = str(run_dir)
             run_dir.mkdir(parents=True)
             write_json(run_dir / "prompts.json", prompts)

@@ -190,7 +190,7 @@ def test_prompt_search_never_exceeds_its_budget(tmp_path, name, budget):
     result = run_optimizer(run, tmp_path / name)
     assert result.target_calls <= budget
     assert all(calls <= budget for calls, _ in result.curve)
-    assert result.prompts["task_level"]["system_prompt"].strip()
+    assert result.prompts.task_level.system_prompt.strip()
     assert (tmp_path / name / "prompts.json").exists() and (tmp_path / name / "result.json").exists()
 
 
@@ -222,5 +222,5 @@ def test_ppo_wrappers_never_exceed_their_budget(tmp_path, name):
     result = run_optimizer(validate(run), tmp_path / name)
     assert 0 < result.target_calls <= 13  # one step of 8 calls; the second would overspend
     assert result.extra["steps"] == 1 and len(result.curve) == 1
-    assert result.prompts["method"] == name
-    assert result.prompts["action_space"] == ("components" if name == "components" else "tokens")
+    assert result.prompts.method == name
+    assert result.prompts.action_space == ("components" if name == "components" else "tokens")

@@ -19,6 +19,7 @@ import pytest
 from rlprompt.config import validate
 from rlprompt.errors import ConfigError
 from rlprompt.export import build_record, export, write_record
+from rlprompt.prompt_set import PromptSet
 from rlprompt.transfer import load_prompt_sets, target_spec, target_specs, transfer_matrix, write_matrix
 from tests.test_export import hand_made
 
@@ -84,7 +85,10 @@ def test_transfer_cli_without_prompts_fails_clearly():
 def test_transfer_matrix_over_two_local_targets_and_an_api(tmp_path, openai_server):
     base_url, model = openai_server
     exported = tmp_path / "exported"
-    write_record(build_record(hand_made("manual-plus", "Ask what matters most to them.")), exported)
+    write_record(
+        build_record(PromptSet.from_dict(hand_made("manual-plus", "Ask what matters most to them."))),
+        exported,
+    )
     run_folder = tmp_path / "run"
     run_folder.mkdir()
     (run_folder / "prompts.json").write_text(json.dumps(hand_made("ppo-tokens", "friendly test drive today")))
@@ -178,12 +182,12 @@ def test_comparison_report_folder_gives_one_row_per_method_and_seed(tmp_path):
         "ppo-seed1 @ smollm2-135m-instruct",
         "ppo-no-kl @ smollm2-135m-instruct",
     ]
-    texts = [s.prompts["task_level"]["text"] for s in sets]
+    texts = [s.prompts.task_level.text for s in sets]
     assert texts[1:] == ["learned by ppo seed 0", "learned by ppo seed 1", "learned by ppo-no-kl seed 0"]
     assert all(s.source == str(report / "results.json") for s in sets)
     export(report)  # the report's export folder gives the same rows
     exported = load_prompt_sets([report / "export"])
     assert [s.label for s in exported] == sorted(s.label for s in sets)
-    assert {s.label: s.prompts["task_level"]["text"] for s in exported} == {
-        s.label: s.prompts["task_level"]["text"] for s in sets
+    assert {s.label: s.prompts.task_level.text for s in exported} == {
+        s.label: s.prompts.task_level.text for s in sets
     }

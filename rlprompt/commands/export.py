@@ -42,9 +42,7 @@ def run(args: argparse.Namespace) -> None:
     written = export(args.source, args.out)
     for path in written:
         prompts = load_exported(path)
-        print(
-            f"{path}  ({prompts['method']} @ {prompts['source_model']}, {len(prompts['per_context'])} contexts)"
-        )
+        print(f"{path}  ({prompts.method} @ {prompts.source_model}, {len(prompts.per_context)} contexts)")
     if args.verify:
         import torch
 

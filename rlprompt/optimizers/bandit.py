@@ -35,10 +35,10 @@ from rlprompt.optimizers.base import (
     BestSoFar,
     OptimizerContext,
     OptimizerResult,
-    prompt_entry,
     register_optimizer,
 )
 from rlprompt.optimizers.llm import extract_instruction, filter_candidates, normalize
+from rlprompt.prompt_set import PromptEntry
 from rlprompt.targets.cache import BudgetExhausted
 
 # mutant_prior and retire_probability are re-exported: callers and tests import them from here.
@@ -201,7 +201,7 @@ class ThompsonBandit:
         self.save()
         # The final pick prefers arms with evidence: an unplayed arm's mean is only its prior.
         best = max(self.active, key=lambda a: (a.plays > 0, a.mean))
-        prompts = self.ctx.document("bandit", prompt_entry(best.prompt, best.prompt))
+        prompts = self.ctx.document("bandit", PromptEntry(best.prompt, best.prompt))
         return self.ctx.result(
             "bandit",
             prompts,

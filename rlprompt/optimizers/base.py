@@ -1,8 +1,8 @@
 """One protocol for every prompt optimizer, with one currency: calls to the target LLM.
 
 An optimizer is built from an `OptimizerContext` (the task, a budgeted target, the reward, the run
-folder) by its registered factory and returns an `OptimizerResult`: its final prompt(s) in the
-shape of `prompts.json` (see `rlprompt.training_run.learned_prompts`), so evaluation and export
+folder) by its registered factory and returns an `OptimizerResult`: its final prompt(s) as a
+`PromptSet` (the shape of prompts.json, rlprompt/prompt_set.py), so evaluation and export
 treat every method alike, and its learning curve (best-so-far training reward against target
 calls spent). The budget is enforced by the target's `CallCounter`: a batch that would overspend
 raises `BudgetExhausted` before any call is made, so no optimizer can exceed it (docs/OPTIMIZERS.md).
@@ -14,13 +14,14 @@ own repeats are free, as any caching client's would be.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ from rlprompt.build import build_cache, build_target, generation_params, set_thr
 from rlprompt.checkpoint import write_json
 from rlprompt.config import RunConfig
 from rlprompt.conversation import run_conversations
+from rlprompt.prompt_set import PromptEntry, PromptSet, write_prompts
 from rlprompt.registry import Registry
 from rlprompt.rewards.base import RewardBatch
 from rlprompt.rewards.factory import RewardSetup, reward_from_config
@@ -43,11 +45,11 @@ Curve = list[tuple[int, float]]  # (target calls spent, best-so-far training rew
 
 @dataclass
 class OptimizerResult:
-    """What every optimizer hands back; `prompts` has the shape of prompts.json."""
+    """What every optimizer hands back; `prompts` is written as prompts.json."""
 
     method: str
     seed: int
-    prompts: dict[str, Any]
+    prompts: PromptSet
     curve: Curve
     target_calls: int
     budget: int | None
@@ -57,13 +59,20 @@ class OptimizerResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+        out["prompts"] = self.prompts.to_dict()
         out["curve"] = [list(p) for p in self.curve]
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OptimizerResult:
-        return cls(**{**data, "curve": [(int(c), float(r)) for c, r in data["curve"]]})
+        return cls(
+            **{
+                **data,
+                "prompts": PromptSet.from_dict(data["prompts"]),
+                "curve": [(int(c), float(r)) for c, r in data["curve"]],
+            }
+        )
 
 
 class Optimizer(Protocol):
@@ -89,22 +98,6 @@ class BestSoFar:
     def add(self, calls: int, reward: float) -> None:
         self.best = max(self.best, float(reward))
         self.points.append((int(calls), self.best))
-
-
-def prompt_entry(text: str, system_prompt: str, action_ids: list[int] | None = None) -> dict[str, Any]:
-    """One prompt as prompts.json stores it."""
-    return {"text": text, "action_ids": list(action_ids or []), "system_prompt": system_prompt}
-
-
-def context_key(context: tuple[str, str, str]) -> str:
-    """The per_context key of prompts.json ("persona|stage|urgency")."""
-    return "|".join(context)
-
-
-def context_scenario(context: tuple[str, str, str]) -> Scenario:
-    """A placeholder scenario that carries only a context (for per-context prompt writers)."""
-    persona, stage, urgency = context
-    return Scenario(id="", persona=persona, stage=stage, urgency=urgency, customer="-")
 
 
 class OptimizerContext:
@@ -189,27 +182,27 @@ class OptimizerContext:
     def document(
         self,
         method: str,
-        task_level: dict[str, Any],
-        per_context: dict[str, dict[str, Any]] | None = None,
+        task_level: PromptEntry,
+        per_context: dict[str, PromptEntry] | None = None,
         action_space: str = "text",
         source_model: str | None = None,
         prompt_template: str = "{learned}",
-    ) -> dict[str, Any]:
-        """A prompts.json dict (same keys as `training_run.learned_prompts`)."""
-        return {
-            "task": self.task.name,
-            "method": method,
-            "source_model": source_model or self.cfg.optimizer_model,
-            "target_model": self.run.target.model,
-            "action_space": action_space,
-            "conditioning": "context_conditioned" if per_context else "task_level",
-            "prompt_template": prompt_template,
-            "base_instruction": self.task.base_instruction,
-            "task_level": task_level,
-            "per_context": per_context or {},
-        }
+    ) -> PromptSet:
+        """The method's prompt set (the same fields as `training_run.learned_prompts` fills)."""
+        return PromptSet(
+            task=self.task.name,
+            method=method,
+            source_model=source_model or self.cfg.optimizer_model,
+            target_model=self.run.target.model,
+            action_space=action_space,
+            conditioning="context_conditioned" if per_context else "task_level",
+            prompt_template=prompt_template,
+            base_instruction=self.task.base_instruction,
+            task_level=task_level,
+            per_context=per_context or {},
+        )
 
-    def result(self, method: str, prompts: dict, curve: Curve, **extra: Any) -> OptimizerResult:
+    def result(self, method: str, prompts: PromptSet, curve: Curve, **extra: Any) -> OptimizerResult:
         llm = self.__dict__.get("llm")
         return OptimizerResult(
             method=method,
@@ -250,7 +243,6 @@ def run_optimizer(run: RunConfig, run_dir: Path) -> OptimizerResult:
     result.seconds = time.perf_counter() - started
     if run.optimizer.budget is not None and result.target_calls > run.optimizer.budget:
         raise AssertionError(f"{result.method} spent {result.target_calls} > budget {run.optimizer.budget}")
-    write_json(ctx.run_dir / "prompts.json", result.prompts)
-    (ctx.run_dir / "prompt.txt").write_text(result.prompts["task_level"]["system_prompt"] + "\n")
+    write_prompts(ctx.run_dir, result.prompts)
     write_json(ctx.run_dir / "result.json", result.to_dict())
     return result

@@ -24,10 +24,10 @@ from rlprompt.optimizers.base import (
     BestSoFar,
     OptimizerContext,
     OptimizerResult,
-    prompt_entry,
     register_optimizer,
 )
 from rlprompt.optimizers.llm import extract_instruction, filter_candidates, normalize
+from rlprompt.prompt_set import PromptEntry
 from rlprompt.targets.cache import BudgetExhausted
 from rlprompt.task import Scenario, Task
 
@@ -169,7 +169,7 @@ class OPRO:
             best = Scored(self.ctx.task.base_instruction, float("nan"), float("nan"), -1)
         else:
             best = max(self.history, key=lambda h: h.reward)
-        prompts = self.ctx.document("opro", prompt_entry(best.instruction, best.instruction))
+        prompts = self.ctx.document("opro", PromptEntry(best.instruction, best.instruction))
         return self.ctx.result(
             "opro",
             prompts,

@@ -22,6 +22,7 @@ from rlprompt.optimizers.base import (
     register_optimizer,
     write_json,
 )
+from rlprompt.prompt_set import PromptSet
 from rlprompt.trainer import PPOTrainer
 
 CURVE_FILE = "curve.json"
@@ -54,8 +55,7 @@ class PPOOptimizer:
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
-        prompts = learned_prompts(trainer)
-        prompts["method"] = self.method
+        prompts = learned_prompts(trainer).with_method(self.method)
         usage = self.usage(trainer, prompts)
         return OptimizerResult(
             method=self.method,
@@ -85,10 +85,9 @@ class PPOOptimizer:
         trainer.record = record_and_track  # type: ignore[method-assign]
         return curve
 
-    def usage(self, trainer: PPOTrainer, prompts: dict) -> dict[str, int]:
+    def usage(self, trainer: PPOTrainer, prompts: PromptSet) -> dict[str, int]:
         """How often each learned token (word) appears across the greedy prompts."""
-        entries = list(prompts["per_context"].values()) or [prompts["task_level"]]
-        return dict(Counter(word for e in entries for word in e["text"].split()).most_common(30))
+        return dict(Counter(word for e in prompts.entries for word in e.text.split()).most_common(30))
 
 
 @register_optimizer("ppo")
@@ -105,11 +104,10 @@ class ComponentsOptimizer(PPOOptimizer):
     def configure(self, run: RunConfig) -> RunConfig:
         return replace(run, policy=replace(run.policy, action_space="components"))
 
-    def usage(self, trainer: PPOTrainer, prompts: dict) -> dict[str, int]:
+    def usage(self, trainer: PPOTrainer, prompts: PromptSet) -> dict[str, int]:
         """How often each component is chosen across the greedy per-context prompts."""
         names = [c.name for c in trainer.task.components]
-        entries = list(prompts["per_context"].values()) or [prompts["task_level"]]
-        return dict(Counter(names[i] for e in entries for i in set(e["action_ids"])))
+        return dict(Counter(names[i] for e in prompts.entries for i in set(e.action_ids)))
 
 
 @register_optimizer("components")
