@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,10 @@ import numpy as np
 
 from rlprompt.build import build_cache, build_target, check_run, generation_params, set_threads
 from rlprompt.checkpoint import write_json
-from rlprompt.config import OptimizerConfig, PolicyConfig, RunConfig
+from rlprompt.config import PolicyConfig, RunConfig
 from rlprompt.evaluation import EvalResult, Interval, bootstrap_ci, evaluate
 from rlprompt.optimizers.base import OptimizerResult, run_optimizer
+from rlprompt.ppo_config import PPOConfig
 from rlprompt.rewards.factory import reward_from_config
 from rlprompt.task import Task, load_task
 
@@ -49,6 +50,29 @@ REFERENCE = "manual"  # the hand-written prompt every method is compared against
 class MethodSpec:
     label: str  # row name in the report
     overrides: tuple[str, ...]  # Hydra overrides that select and configure the method
+
+    @property
+    def optimizer(self) -> str:
+        return next(o.partition("=")[2] for o in self.overrides if o.startswith("optimizer="))
+
+
+def method_overrides(optimizer: str, overrides: list[str]) -> list[str]:
+    """The user's overrides for one method: an `optimizer.<key>=` override (given to every method,
+    with `++` when the command line's own optimizer lacks the key) goes to the methods that have
+    the key, as a plain override; every other override goes to all."""
+    from rlprompt.config import optimizer_config_class
+
+    keys = {f.name for f in fields(optimizer_config_class(optimizer))}
+    out = []
+    for override in overrides:
+        plain = override.lstrip("+")
+        key = plain.partition("=")[0]
+        if key.startswith("optimizer.") and "." not in key.removeprefix("optimizer."):
+            if key.removeprefix("optimizer.") in keys:
+                out.append(plain)
+            continue
+        out.append(override)
+    return out
 
 
 _PPO = ("optimizer=ppo", "policy=tokens")
@@ -120,7 +144,14 @@ def plan_runs(
         PlannedRun(
             spec.label,
             seed,
-            compose([*overrides, *spec.overrides, f"optimizer.budget={budget}", f"seed={seed}"]),
+            compose(
+                [
+                    *method_overrides(spec.optimizer, overrides),
+                    *spec.overrides,
+                    f"optimizer.budget={budget}",
+                    f"seed={seed}",
+                ]
+            ),
         )
         for spec in MODES[mode]
         for seed in seeds
@@ -132,7 +163,7 @@ def plan_runs(
     return planned
 
 
-def terms_in_effect(opt: OptimizerConfig) -> dict[str, bool]:
+def terms_in_effect(opt: PPOConfig) -> dict[str, bool]:
     """Which PPO stabilizer / loss terms can change an update at these settings.
 
     A stage is in effect when it can change what it receives. The reward clip acts on z-scores

@@ -15,7 +15,7 @@ JSON shape (key order is part of the format: files written before this type are 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,6 @@ HEADER_KEYS = (
 )
 ENTRY_KEYS = ("text", "action_ids", "system_prompt")
 OPTIONAL_KEYS = ("evaluation", "config_hash")
-
-PromptFor = Callable[[Scenario], str]
 
 
 def context_key(context: Sequence[str]) -> str:

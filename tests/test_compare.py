@@ -97,7 +97,10 @@ def test_plans_compose_from_the_real_configs(mode):
         planned = plan_runs(composer, ["optimizer.score_subset=3"], budget=40, seeds=[0, 1], mode=mode)
     assert [p.label for p in planned] == [s.label for s in MODES[mode] for _ in (0, 1)]
     for plan in planned:
-        assert plan.run.optimizer.budget == 40 and plan.run.optimizer.score_subset == 3
+        assert plan.run.optimizer.budget == 40
+        # a method-specific override reaches every method that has the key, and only those
+        scored = plan.run.optimizer.name not in ("ppo", "components")
+        assert getattr(plan.run.optimizer, "score_subset", None) == (3 if scored else None)
         assert plan.run.optimizer.name == plan.label.split("-")[0]
     by_label = {p.label: p.run for p in planned if p.seed == 1}
     assert {p.run.seed for p in planned} == {0, 1}
@@ -273,18 +276,18 @@ def test_every_ablation_switches_off_exactly_one_term():
 
 def test_terms_in_effect_match_the_stabilizer_and_guard_the_ablation():
     from rlprompt.comparison import terms_in_effect
-    from rlprompt.config import OptimizerConfig
     from rlprompt.errors import ConfigError
+    from rlprompt.ppo_config import PPOConfig
 
     for opt in [
-        OptimizerConfig(),
-        OptimizerConfig(zscore=False),
-        OptimizerConfig(prompts_per_context=11),  # sqrt(10) > 3: the clip can fire on z-scores
-        OptimizerConfig(prompts_per_context=10),  # sqrt(9) = 3: it cannot
-        OptimizerConfig(zscore=False, shaping_scale=2.0),
-        OptimizerConfig(zscore=False, reward_clip=0.0),
-        OptimizerConfig(zscore_min_std=0.15, stratify_stages=True),
-        OptimizerConfig(zscore=False, zscore_min_std=0.15),  # no z-score: the floor is inert
+        PPOConfig(),
+        PPOConfig(zscore=False),
+        PPOConfig(prompts_per_context=11),  # sqrt(10) > 3: the clip can fire on z-scores
+        PPOConfig(prompts_per_context=10),  # sqrt(9) = 3: it cannot
+        PPOConfig(zscore=False, shaping_scale=2.0),
+        PPOConfig(zscore=False, reward_clip=0.0),
+        PPOConfig(zscore_min_std=0.15, stratify_stages=True),
+        PPOConfig(zscore=False, zscore_min_std=0.15),  # no z-score: the floor is inert
     ]:
         assert terms_in_effect(opt) == _terms_in_effect(opt), opt
     with (

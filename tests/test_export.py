@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from rlprompt.config import OptimizerConfig, validate
+from rlprompt.config import validate
 from rlprompt.errors import ConfigError
 from rlprompt.export import (
     EXPORT_JSON,
@@ -28,6 +28,7 @@ from rlprompt.export import (
     load_exported,
     write_record,
 )
+from rlprompt.ppo_config import PPOConfig
 from rlprompt.prompt_set import PromptSet
 from rlprompt.task import load_task
 
@@ -135,7 +136,7 @@ def test_secrets_never_reach_the_export_or_the_hash(tmp_path, monkeypatch):
 
 
 def test_config_hash_is_canonical():
-    default_lr = OptimizerConfig().lr
+    default_lr = PPOConfig().lr
     assert config_hash({}) == config_hash({"seed": 0, "optimizer": {"lr": default_lr}})  # defaults filled in
     assert config_hash({"seed": 1}) != config_hash({})
 

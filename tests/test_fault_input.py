@@ -80,8 +80,8 @@ def cases(tmp: Path) -> dict[str, tuple[Path, list[str], list[str]]]:
     (tmp / "control.txt").write_text("Be warm.\x07\x1b[31m Ask questions.")
     run_dir = f"hydra.run.dir={tmp / 'runs' / 'x'}"
     return {
-        "unknown key": (TRAIN, ["optimizer.lrr=1e-4"], ["'optimizer.lrr'", "Did you mean 'optimizer.lr'?", "Valid fields: name, budget, steps"]),
-        "unknown key added": (TRAIN, ["+optimizer.lrr=1e-4"], ["'optimizer.lrr'", "Valid fields: name, budget, steps"]),
+        "unknown key": (TRAIN, ["optimizer.lrr=1e-4"], ["'optimizer.lrr'", "Did you mean 'optimizer.lr'?", "Valid fields: name, budget, private_cache, steps"]),
+        "unknown key added": (TRAIN, ["+optimizer.lrr=1e-4"], ["'optimizer.lrr'", "Valid fields: name, budget, private_cache, steps"]),
         "unknown group": (TRAIN, ["optimiser.lr=1"], ["'optimiser.lr'", "Did you mean 'optimizer'?", "Valid fields: task, target"]),
         "wrong type": (TRAIN, ["optimizer.steps=many"], ["'optimizer.steps'", "'many'", "Integer"]),
         "unknown task option": (TRAIN, ["task=nope_task"], ["unknown task 'nope_task'", "Valid task names: car_sales, saas_renewal"]),

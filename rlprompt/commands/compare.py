@@ -32,6 +32,7 @@ COMMAND = HydraCommand(
     main,
     own_keys=OWN_KEYS,
     run_dir="runs/compare/${task.name}/${now:%Y%m%d-%H%M%S}",
+    every_optimizer=True,
 )
 
 

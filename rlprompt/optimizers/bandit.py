@@ -37,7 +37,7 @@ from rlprompt.optimizers.base import (
     OptimizerResult,
     register_optimizer,
 )
-from rlprompt.optimizers.llm import extract_instruction, filter_candidates, normalize
+from rlprompt.optimizers.llm import LLMSearchConfig, extract_instruction, filter_candidates, normalize
 from rlprompt.prompt_set import PromptEntry
 from rlprompt.targets.cache import BudgetExhausted
 
@@ -45,6 +45,20 @@ from rlprompt.targets.cache import BudgetExhausted
 __all__ = ["MUTATE", "Arm", "ThompsonBandit", "mutant_prior", "retire_probability"]
 log = logging.getLogger(__name__)
 STATE_FILE = "bandit_state.json"
+
+
+@dataclass
+class BanditConfig(LLMSearchConfig):
+    """Thompson-sampling bandit with evolution; the serving gateway (rlprompt/serve/) plays the
+    same method with these settings."""
+
+    name: str = "bandit"
+    retire_every: int = 24
+    retire_threshold: float = 0.05
+    portfolio_size: int = 6
+    prior_ess_min: float = 10.0
+    prior_ess_frac: float = 0.2
+
 
 MUTATE = (
     "Here is an instruction for a {role}. Customers get good replies when it is followed.\n\n"
@@ -78,7 +92,7 @@ class Arm:
         self.plays += 1
 
 
-@register_optimizer("bandit")
+@register_optimizer("bandit", BanditConfig)
 class ThompsonBandit:
     def __init__(self, ctx: OptimizerContext) -> None:
         self.ctx, self.cfg = ctx, ctx.cfg

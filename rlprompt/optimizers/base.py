@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from rlprompt.build import build_cache, build_target, generation_params, set_threads
 from rlprompt.checkpoint import write_json
-from rlprompt.config import RunConfig
+from rlprompt.config import OptimizerConfig, RunConfig
 from rlprompt.conversation import run_conversations
 from rlprompt.prompt_set import PromptEntry, PromptSet, write_prompts
 from rlprompt.registry import Registry
@@ -81,11 +81,23 @@ class Optimizer(Protocol):
 
 OptimizerFactory = Callable[["OptimizerContext"], Optimizer]
 OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
+OPTIMIZER_CONFIGS: Registry[type[OptimizerConfig]] = Registry("optimizer")
 
 
-def register_optimizer(name: str) -> Callable[[OptimizerFactory], OptimizerFactory]:
-    """Register an optimizer class (or factory taking an `OptimizerContext`) under `name`."""
+def register_optimizer(
+    name: str, config: type[OptimizerConfig]
+) -> Callable[[OptimizerFactory], OptimizerFactory]:
+    """Register an optimizer class (or factory taking an `OptimizerContext`) under `name`, with the
+    dataclass of its `optimizer.*` settings (what `rlprompt.config.validate` checks keys against)."""
+    OPTIMIZER_CONFIGS.register(name)(config)
     return OPTIMIZERS.register(name)
+
+
+@dataclass
+class PromptSearchConfig(OptimizerConfig):
+    """The settings of every method that scores whole prompts on a fixed training subset."""
+
+    score_subset: int = 8  # training scenarios a prompt is scored on (target calls per prompt)
 
 
 class BestSoFar:
@@ -185,14 +197,14 @@ class OptimizerContext:
         task_level: PromptEntry,
         per_context: dict[str, PromptEntry] | None = None,
         action_space: str = "text",
-        source_model: str | None = None,
+        source_model: str = "",
         prompt_template: str = "{learned}",
     ) -> PromptSet:
         """The method's prompt set (the same fields as `training_run.learned_prompts` fills)."""
         return PromptSet(
             task=self.task.name,
             method=method,
-            source_model=source_model or self.cfg.optimizer_model,
+            source_model=source_model,
             target_model=self.run.target.model,
             action_space=action_space,
             conditioning="context_conditioned" if per_context else "task_level",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 
@@ -22,6 +23,7 @@ from rlprompt.optimizers.base import (
     BestSoFar,
     OptimizerContext,
     OptimizerResult,
+    PromptSearchConfig,
     register_optimizer,
 )
 from rlprompt.prompt_set import PromptEntry, context_key
@@ -32,7 +34,23 @@ from rlprompt.task import Scenario
 log = logging.getLogger(__name__)
 
 
-@register_optimizer("manual")
+@dataclass
+class ManualConfig(PromptSearchConfig):
+    name: str = "manual"
+
+
+@dataclass
+class TemplateConfig(PromptSearchConfig):
+    name: str = "template"
+
+
+@dataclass
+class RandomConfig(PromptSearchConfig):
+    name: str = "random"
+    steps: int = 80  # candidates without a budget
+
+
+@register_optimizer("manual", ManualConfig)
 class Manual:
     def __init__(self, ctx: OptimizerContext) -> None:
         self.ctx = ctx
@@ -51,7 +69,7 @@ class Manual:
         return self.ctx.result("manual", prompts, curve.points)
 
 
-@register_optimizer("template")
+@register_optimizer("template", TemplateConfig)
 class Template:
     def __init__(self, ctx: OptimizerContext) -> None:
         self.ctx = ctx
@@ -94,7 +112,7 @@ class Template:
         return self.ctx.result("template", document, curve.points, usage=dict(usage))
 
 
-@register_optimizer("random")
+@register_optimizer("random", RandomConfig)
 class RandomTokens:
     def __init__(self, ctx: OptimizerContext) -> None:
         self.ctx, self.cfg = ctx, ctx.cfg

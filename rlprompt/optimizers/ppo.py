@@ -22,6 +22,7 @@ from rlprompt.optimizers.base import (
     register_optimizer,
     write_json,
 )
+from rlprompt.ppo_config import PPOConfig
 from rlprompt.prompt_set import PromptSet
 from rlprompt.trainer import PPOTrainer
 
@@ -90,7 +91,7 @@ class PPOOptimizer:
         return dict(Counter(word for e in prompts.entries for word in e.text.split()).most_common(30))
 
 
-@register_optimizer("ppo")
+@register_optimizer("ppo", PPOConfig)
 def _ppo(ctx: OptimizerContext) -> PPOOptimizer:
     return PPOOptimizer(ctx)
 
@@ -110,6 +111,6 @@ class ComponentsOptimizer(PPOOptimizer):
         return dict(Counter(names[i] for e in prompts.entries for i in set(e.action_ids)))
 
 
-@register_optimizer("components")
+@register_optimizer("components", PPOConfig)
 def _components(ctx: OptimizerContext) -> ComponentsOptimizer:
     return ComponentsOptimizer(ctx)
