@@ -32,13 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from rlprompt.build import build_cache, build_target, check_run, generation_params, set_threads
+from rlprompt.build import check_run, set_threads
 from rlprompt.checkpoint import write_json
 from rlprompt.config import PolicyConfig, RunConfig
-from rlprompt.evaluation import EvalResult, Interval, bootstrap_ci, evaluate
+from rlprompt.evaluation import EvalResult, Interval, bootstrap_ci, build_evaluator
 from rlprompt.optimizers.base import OptimizerResult, run_optimizer
 from rlprompt.ppo_config import PPOConfig
-from rlprompt.rewards.factory import reward_from_config
 from rlprompt.task import Task, load_task
 
 log = logging.getLogger(__name__)
@@ -246,26 +245,16 @@ def evaluate_all(run: RunConfig, records: dict[str, MethodRecord]) -> dict[str, 
     """Greedy evaluation of every (method, seed) on the held-out splits, with a shared eval counter."""
     set_threads(run)
     task = load_task(run.task.name, run.task.path)
-    cache = build_cache(run.cache)
-    target = build_target(run.target, cache, role="eval")
-    reward = reward_from_config(run.reward, task, cache)
-    params = generation_params(run.target, run.seed)
-
-    def score(prompt_for, split: str) -> EvalResult:
-        return evaluate(
-            task, split, prompt_for, target, reward.reward, params, run.eval.max_scenarios,
-            run.reward.turns, reward.customer,
-        )  # fmt: skip
+    evaluator = build_evaluator(run, task, role="eval")
+    target = evaluator.target
 
     started = time.perf_counter()
-    reference = {split: score(lambda s: task.base_instruction, split) for split in EVAL_SPLITS}
+    reference = {split: evaluator.evaluate(split, task.base_instruction) for split in EVAL_SPLITS}
     eval_seconds: dict[str, float] = {}
     for record in records.values():
         t0 = time.perf_counter()
         for result in record.results:
-            record.evals.append(
-                {split: score(result.prompts.system_prompt_for, split) for split in EVAL_SPLITS}
-            )
+            record.evals.append({split: evaluator.evaluate(split, result.prompts) for split in EVAL_SPLITS})
         eval_seconds[record.label] = time.perf_counter() - t0
     eval_stats = {
         "eval_calls": target.counter.calls,

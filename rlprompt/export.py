@@ -335,29 +335,14 @@ def evaluate_exported(
     Same task, reward, generation params, split and `eval.max_scenarios` → the same rewards as
     summary.json. `target` / `reward` may be passed in to reuse loaded models.
     """
-    from rlprompt.build import build_cache, build_target, generation_params
-    from rlprompt.evaluation import evaluate
-    from rlprompt.rewards.factory import reward_from_config
+    from rlprompt.evaluation import build_evaluator
     from rlprompt.task import load_task
 
     prompts = load_exported(path)
     task = load_task(run.task.name, run.task.path)
     if prompts.task != task.name:
         raise ConfigError(f"{path}: prompts are for task '{prompts.task}', config says '{task.name}'")
-    cache = build_cache(run.cache) if target is None or reward is None else None
-    target = target if target is not None else build_target(run.target, cache)
-    reward = reward if reward is not None else reward_from_config(run.reward, task, cache)
-    return evaluate(
-        task,
-        split,
-        prompts.system_prompt_for,
-        target,
-        reward.reward,
-        generation_params(run.target, run.seed),
-        run.eval.max_scenarios,
-        run.reward.turns,
-        reward.customer,
-    )
+    return build_evaluator(run, task, target, reward).evaluate(split, prompts)
 
 
 def verify_against_summary(export_path: str | Path, run_dir: str | Path) -> dict[str, tuple[float, float]]:

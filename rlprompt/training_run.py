@@ -24,7 +24,7 @@ import torch
 from rlprompt.build import build_cache, build_target, generation_params, set_threads
 from rlprompt.checkpoint import check_resume, write_json
 from rlprompt.config import RunConfig
-from rlprompt.evaluation import EvalResult, evaluate, paired_difference, win_rate
+from rlprompt.evaluation import EvalResult, Evaluator, paired_difference, win_rate
 from rlprompt.learning import Candidate, plot_learning_curve, reward_rise
 from rlprompt.models import load_model
 from rlprompt.policy import PromptPolicy
@@ -95,32 +95,27 @@ def learned_prompts(trainer: PPOTrainer) -> PromptSet:
     return out
 
 
+def run_evaluator(trainer: PPOTrainer, target: CachedTarget) -> Evaluator:
+    """The trainer's task, reward and generation params with an evaluation `target`."""
+    run = trainer.run
+    return Evaluator(
+        trainer.task, target, trainer.reward, trainer.params, run.eval.max_scenarios, run.reward.turns
+    )
+
+
 def evaluate_run(trainer: PPOTrainer, prompts: PromptSet, target: CachedTarget | None = None) -> dict:
     """Learned prompts vs the base instruction on `run.eval.splits`. `target` defaults to the
     trainer's model on its own unbudgeted "eval" counter: evaluation is never charged to
     `optimizer.budget` (as in rlprompt/comparison.py)."""
     run, task = trainer.run, trainer.task
     target = target if target is not None else trainer.target.with_counter(CallCounter(role="eval"))
-    reward = trainer.reward
+    evaluator = run_evaluator(trainer, target)
     summary: dict = {"splits": {}}
     pooled: dict[str, list[EvalResult]] = {}  # the decision split: every held-out split but val
     for split in run.eval.splits:
         results: dict[str, EvalResult] = {}
-        for name, prompt_for in (
-            ("learned", prompts.system_prompt_for),
-            ("base_instruction", lambda s: task.base_instruction),
-        ):
-            results[name] = evaluate(
-                task,
-                split,
-                prompt_for,
-                target,
-                reward.reward,
-                trainer.params,
-                run.eval.max_scenarios,
-                run.reward.turns,
-                reward.customer,
-            )
+        for name, played in (("learned", prompts), ("base_instruction", task.base_instruction)):
+            results[name] = evaluator.evaluate(split, played)
         learned, base = results["learned"], results["base_instruction"]
         entry = {name: r.summary(run.eval.confidence, run.eval.bootstrap) for name, r in results.items()}
         diff = paired_difference(learned, base, run.eval.confidence, run.eval.bootstrap)
@@ -192,7 +187,7 @@ def select_task_prompt(trainer: PPOTrainer, prompts: PromptSet, target: CachedTa
     and its `eval.select_samples` best-rewarded sampled prompts. Val is then spent on selection, so
     the claim rests on test + heldout_persona. Returns the selection table, or None when off.
     """
-    run, task = trainer.run, trainer.task
+    task = trainer.task
     candidates = trainer.learning.candidates()
     final = prompts.task_level
     if final.text not in {c.text for c in candidates}:
@@ -200,11 +195,10 @@ def select_task_prompt(trainer: PPOTrainer, prompts: PromptSet, target: CachedTa
     if len(candidates) < 2:
         return None
 
+    evaluator = run_evaluator(trainer, target)
+
     def on_val(system_prompt: str) -> EvalResult:
-        return evaluate(
-            task, "val", lambda s: system_prompt, target, trainer.reward.reward, trainer.params,
-            run.eval.max_scenarios, run.reward.turns, trainer.reward.customer,
-        )  # fmt: skip
+        return evaluator.evaluate("val", system_prompt)
 
     rows = [(c, on_val(trainer.system_prompt(c.text))) for c in candidates]
     base = on_val(task.base_instruction)

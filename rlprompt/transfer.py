@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlprompt.config import RunConfig, TargetConfig, config_dir
 from rlprompt.errors import ConfigError
-from rlprompt.evaluation import EvalResult, evaluate, paired_difference, win_rate
+from rlprompt.evaluation import Evaluator, paired_difference, win_rate
 from rlprompt.export import EXPORT_JSON, EXPORT_YAML, load_exported, prompt_sources
 from rlprompt.prompt_set import PromptSet
 
@@ -193,20 +193,8 @@ def transfer_matrix(
         target = build_target(spec.cfg, cache, role=f"transfer:{spec.label}")
         params = generation_params(spec.cfg, run.seed)
 
-        def score(prompt_fn, target=target, params=params) -> EvalResult:
-            return evaluate(
-                task,
-                split,
-                prompt_fn,
-                target,
-                reward.reward,
-                params,
-                run.eval.max_scenarios,
-                run.reward.turns,
-                reward.customer,
-            )
-
-        base = score(lambda s: task.base_instruction)
+        evaluator = Evaluator(task, target, reward, params, run.eval.max_scenarios, run.reward.turns)
+        base = evaluator.evaluate(split, task.base_instruction)
         matrix.n = len(base.rewards)
         matrix.baseline[spec.label] = base.interval(conf, n_boot).as_dict()
         matrix.targets[spec.label] = {
@@ -218,7 +206,7 @@ def transfer_matrix(
             "target_id": target.target_id,
         }
         for prompt_set in sets:
-            result = score(prompt_set.prompts.system_prompt_for)
+            result = evaluator.evaluate(split, prompt_set.prompts)
             matrix.cells[prompt_set.label][spec.label] = {
                 "reward": result.interval(conf, n_boot).as_dict(),
                 "gain": paired_difference(result, base, conf, n_boot).as_dict(),

@@ -199,7 +199,7 @@ TINY = [
 
 @pytest.mark.slow
 def test_trained_run_round_trip_is_bit_identical(tmp_path):
-    from rlprompt.evaluation import evaluate
+    from rlprompt.evaluation import Evaluator
     from rlprompt.export import evaluate_exported, verify_against_summary
     from rlprompt.training_run import run_training
 
@@ -223,15 +223,9 @@ def test_trained_run_round_trip_is_bit_identical(tmp_path):
     target = build_target(uncached.target, None)
     reward = reward_from_config(uncached.reward, task, None)
     from_export = evaluate_exported(written.with_suffix(".yaml"), uncached, "test", target, reward)
-    original = evaluate(
-        task,
-        "test",
-        PromptSet.from_dict(json.loads((run_dir / "prompts.json").read_text())).system_prompt_for,
-        target,
-        reward.reward,
-        generation_params(uncached.target, uncached.seed),
-        uncached.eval.max_scenarios,
-    )
+    original = Evaluator(
+        task, target, reward, generation_params(uncached.target, uncached.seed), uncached.eval.max_scenarios
+    ).evaluate("test", PromptSet.from_dict(json.loads((run_dir / "prompts.json").read_text())))
     assert target.counter.calls == 2 * len(original.rewards)  # both generated afresh
     assert from_export.system_prompts == original.system_prompts
     assert np.array_equal(from_export.rewards, original.rewards)
