@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from rlprompt.build import build_cache, build_target, generation_params, set_threads
-from rlprompt.checkpoint import check_resume, write_json
+from rlprompt.checkpoint import check_resume, run_meta, write_json
 from rlprompt.config import RunConfig
 from rlprompt.evaluation import EvalResult, Evaluator, paired_difference, win_rate
 from rlprompt.learning import Candidate, plot_learning_curve, reward_rise
@@ -33,7 +33,8 @@ from rlprompt.prompting import check_prompt_text
 from rlprompt.rewards.factory import reward_from_config
 from rlprompt.targets.cache import CachedTarget, CallCounter
 from rlprompt.task import Scenario, load_task
-from rlprompt.trainer import TASK_LEVEL_CONTEXT, PPOTrainer
+from rlprompt.trainer import TASK_LEVEL_CONTEXT, PPOTrainer, TrainerConfig
+from rlprompt.trainer_callbacks import CheckpointCallback, TensorBoardLogger, TrainerCallback
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_trainer(run: RunConfig, run_dir: Path, accelerator=None) -> PPOTrainer:
+def build_trainer(
+    run: RunConfig, run_dir: Path, accelerator=None, callbacks: list[TrainerCallback] | None = None
+) -> PPOTrainer:
+    """The run's PPO trainer, with TensorBoard logging, `callbacks`, then checkpoints (in that
+    order after every step)."""
     set_threads(run)
     seed_everything(run.seed)
     task = load_task(run.task.name, run.task.path)
@@ -57,20 +62,36 @@ def build_trainer(run: RunConfig, run_dir: Path, accelerator=None) -> PPOTrainer
     reward = reward_from_config(run.reward, task, cache)
     backbone, tokenizer = load_model(run.policy.backbone, run.policy.dtype)
     policy = PromptPolicy(run.policy, task, backbone, tokenizer)
+    rank = accelerator.process_index if accelerator else 0
+    run_dir = Path(run_dir)
     return PPOTrainer(
-        run, task, policy, target, reward, generation_params(run.target, run.seed), run_dir, accelerator
+        TrainerConfig.from_run(run),
+        task,
+        policy,
+        target,
+        reward,
+        generation_params(run.target, run.seed),
+        accelerator,
+        [
+            TensorBoardLogger(run_dir / "tb", run.log_every, is_main=rank == 0),
+            *(callbacks or []),
+            CheckpointCallback(
+                run_dir / "checkpoints",
+                run.checkpoint_every,
+                Path(run.resume) if run.resume else None,
+                meta=run_meta(run, world),
+            ),
+        ],
     )
 
 
-def learned_prompts(trainer: PPOTrainer) -> PromptSet:
+def learned_prompts(trainer: PPOTrainer, run: RunConfig) -> PromptSet:
     """Greedy prompt per context (context-conditioned) and the task-level prompt, as in prompts.json."""
     policy, task = trainer.policy, trainer.task
     contexts = task.contexts
     texts = [Scenario.for_context(c).context_text() for c in contexts]
     per_context = (
-        policy.sample(texts, greedy=True)
-        if trainer.run.policy.conditioning == "context_conditioned"
-        else None
+        policy.sample(texts, greedy=True) if run.policy.conditioning == "context_conditioned" else None
     )
     task_level = policy.sample([TASK_LEVEL_CONTEXT], greedy=True)
 
@@ -80,12 +101,12 @@ def learned_prompts(trainer: PPOTrainer) -> PromptSet:
 
     out = PromptSet(
         task=task.name,
-        method=f"ppo-{trainer.run.policy.action_space}",
-        source_model=trainer.run.policy.backbone,
-        target_model=trainer.run.target.model,
-        action_space=trainer.run.policy.action_space,
-        conditioning=trainer.run.policy.conditioning,
-        prompt_template=trainer.run.prompt.template,
+        method=f"ppo-{run.policy.action_space}",
+        source_model=run.policy.backbone,
+        target_model=run.target.model,
+        action_space=run.policy.action_space,
+        conditioning=run.policy.conditioning,
+        prompt_template=run.prompt.template,
         base_instruction=task.base_instruction,
         task_level=entry(task_level.prompts[0], task_level.actions[0]),
     )
@@ -95,21 +116,22 @@ def learned_prompts(trainer: PPOTrainer) -> PromptSet:
     return out
 
 
-def run_evaluator(trainer: PPOTrainer, target: CachedTarget) -> Evaluator:
+def run_evaluator(trainer: PPOTrainer, run: RunConfig, target: CachedTarget) -> Evaluator:
     """The trainer's task, reward and generation params with an evaluation `target`."""
-    run = trainer.run
     return Evaluator(
         trainer.task, target, trainer.reward, trainer.params, run.eval.max_scenarios, run.reward.turns
     )
 
 
-def evaluate_run(trainer: PPOTrainer, prompts: PromptSet, target: CachedTarget | None = None) -> dict:
+def evaluate_run(
+    trainer: PPOTrainer, run: RunConfig, prompts: PromptSet, target: CachedTarget | None = None
+) -> dict:
     """Learned prompts vs the base instruction on `run.eval.splits`. `target` defaults to the
     trainer's model on its own unbudgeted "eval" counter: evaluation is never charged to
     `optimizer.budget` (as in rlprompt/comparison.py)."""
-    run, task = trainer.run, trainer.task
+    task = trainer.task
     target = target if target is not None else trainer.target.with_counter(CallCounter(role="eval"))
-    evaluator = run_evaluator(trainer, target)
+    evaluator = run_evaluator(trainer, run, target)
     summary: dict = {"splits": {}}
     pooled: dict[str, list[EvalResult]] = {}  # the decision split: every held-out split but val
     for split in run.eval.splits:
@@ -180,7 +202,9 @@ def concat_results(results: list[EvalResult]) -> EvalResult:
     )
 
 
-def select_task_prompt(trainer: PPOTrainer, prompts: PromptSet, target: CachedTarget) -> dict | None:
+def select_task_prompt(
+    trainer: PPOTrainer, run: RunConfig, prompts: PromptSet, target: CachedTarget
+) -> dict | None:
     """Ship the candidate task-level prompt with the best `val` reward (RLPrompt's model selection).
 
     Candidates: the policy's greedy prompt at `eval.select_checkpoints` checkpoints (early stopping)
@@ -195,7 +219,7 @@ def select_task_prompt(trainer: PPOTrainer, prompts: PromptSet, target: CachedTa
     if len(candidates) < 2:
         return None
 
-    evaluator = run_evaluator(trainer, target)
+    evaluator = run_evaluator(trainer, run, target)
 
     def on_val(system_prompt: str) -> EvalResult:
         return evaluator.evaluate("val", system_prompt)
@@ -230,14 +254,14 @@ def run_training(run: RunConfig, run_dir: Path, accelerator=None) -> dict | None
     total_calls = trainer.total_target_calls()  # collective: every rank takes part
     if not trainer.is_main:
         return None
-    prompts = learned_prompts(trainer)
+    prompts = learned_prompts(trainer, run)
     train_seconds = trainer.train_seconds
     eval_target = trainer.target.with_counter(CallCounter(role="eval"))  # outside the budget
     selection = None
     if run.eval.select_checkpoints or run.eval.select_samples:
-        selection = select_task_prompt(trainer, prompts, eval_target)
+        selection = select_task_prompt(trainer, run, prompts, eval_target)
     write_prompts(run_dir, prompts)
-    summary = evaluate_run(trainer, prompts, eval_target)
+    summary = evaluate_run(trainer, run, prompts, eval_target)
     write_learning_curve(run_dir / "learning_curve.png", trainer, selection)
     counter = trainer.target.counter  # training: this rank's; target_calls sums all ranks
     summary.update(

@@ -118,7 +118,7 @@ class ThompsonBandit:
                 "retirements": self.retirements,
                 "rng": self.rng.bit_generator.state,
                 "target_counter": self.ctx.target.counter.state_dict(),
-                "llm_counter": self.ctx.llm.counter.state_dict() if "llm" in self.ctx.__dict__ else None,
+                "llm_counter": llm.state_dict() if (llm := self.ctx.llm_counter()) is not None else None,
             },
         )
 

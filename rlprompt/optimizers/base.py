@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rlprompt.build import build_cache, build_target, generation_params, set_threads
 from rlprompt.checkpoint import write_json
@@ -35,8 +35,11 @@ from rlprompt.registry import Registry
 from rlprompt.rewards.base import RewardBatch
 from rlprompt.rewards.factory import RewardSetup, reward_from_config
 from rlprompt.targets.base import GenerationParams
-from rlprompt.targets.cache import CachedTarget, ResponseCache
+from rlprompt.targets.cache import CachedTarget, CallCounter, ResponseCache
 from rlprompt.task import Scenario, Task, load_task
+
+if TYPE_CHECKING:
+    from rlprompt.optimizers.llm import OptimizerLLM
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +123,10 @@ class OptimizerContext:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.resume_dir = Path(run.resume) if run.resume else None
+        # Built on first use; whether they were (a method that never scored spent no calls) is
+        # what `result` and the bandit's state read.
+        self._target: CachedTarget | None = None
+        self._llm: OptimizerLLM | None = None
 
     # ------------------------------------------------------------------ built on first use
 
@@ -139,10 +146,12 @@ class OptimizerContext:
     def cache(self) -> ResponseCache | None:
         return build_cache(self.private_run.cache)
 
-    @cached_property
+    @property
     def target(self) -> CachedTarget:
         """The budgeted target: `target.counter.calls` never exceeds `optimizer.budget`."""
-        return build_target(self.run.target, self.cache, budget=self.cfg.budget)
+        if self._target is None:
+            self._target = build_target(self.run.target, self.cache, budget=self.cfg.budget)
+        return self._target
 
     @cached_property
     def reward(self) -> RewardSetup:
@@ -162,12 +171,18 @@ class OptimizerContext:
     def train(self) -> list[Scenario]:
         return self.task.split("train")
 
-    @cached_property
-    def llm(self):
+    @property
+    def llm(self) -> OptimizerLLM:
         """The optimizer LLM (OPRO proposals, bandit mutations); its calls have their own counter."""
-        from rlprompt.optimizers.llm import OptimizerLLM
+        if self._llm is None:
+            from rlprompt.optimizers.llm import OptimizerLLM
 
-        return OptimizerLLM(self.run, self.cache)
+            self._llm = OptimizerLLM(self.run, self.cache)
+        return self._llm
+
+    def llm_counter(self) -> CallCounter | None:
+        """The optimizer LLM's call counter, or None while no LLM was built (no call made)."""
+        return self._llm.counter if self._llm is not None else None
 
     # ------------------------------------------------------------------ helpers
 
@@ -215,15 +230,15 @@ class OptimizerContext:
         )
 
     def result(self, method: str, prompts: PromptSet, curve: Curve, **extra: Any) -> OptimizerResult:
-        llm = self.__dict__.get("llm")
+        llm = self.llm_counter()
         return OptimizerResult(
             method=method,
             seed=self.run.seed,
             prompts=prompts,
             curve=curve,
-            target_calls=self.target.counter.calls if "target" in self.__dict__ else 0,
+            target_calls=self._target.counter.calls if self._target is not None else 0,
             budget=self.cfg.budget,
-            optimizer_llm_calls=llm.counter.calls if llm is not None else 0,
+            optimizer_llm_calls=llm.calls if llm is not None else 0,
             run_dir=str(self.run_dir),
             extra=extra,
         )
