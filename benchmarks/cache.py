@@ -13,7 +13,7 @@ from common import Stopwatch, set_threads, write_result
 
 from rlprompt.build import generation_params
 from rlprompt.config import RewardConfig, TargetConfig
-from rlprompt.evaluation import Evaluator
+from rlprompt.evaluation.evaluate import Evaluator
 from rlprompt.rewards.factory import reward_from_config
 from rlprompt.targets.cache import CachedTarget, ResponseCache
 from rlprompt.targets.hf import HFTarget

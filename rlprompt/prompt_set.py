@@ -130,7 +130,7 @@ class PromptSet:
 
 def write_prompts(run_dir: Path, prompts: PromptSet) -> None:
     """A run folder's prompts.json and prompt.txt (the task-level system prompt, ready to paste)."""
-    from rlprompt.checkpoint import write_json
+    from rlprompt.ppo.checkpoint import write_json
 
     write_json(run_dir / "prompts.json", prompts.to_dict())
     (run_dir / "prompt.txt").write_text(prompts.task_level.system_prompt + "\n")

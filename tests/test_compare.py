@@ -15,13 +15,13 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from rlprompt.checkpoint import write_json
-from rlprompt.comparison import EVAL_SPLITS, MODES, MethodRecord, assemble_results, plan_runs
 from rlprompt.config import validate
-from rlprompt.evaluation import EvalResult, select_scenarios
+from rlprompt.evaluation.evaluate import EvalResult, select_scenarios
+from rlprompt.experiments.comparison import EVAL_SPLITS, MODES, MethodRecord, assemble_results, plan_runs
+from rlprompt.experiments.report import write_report
 from rlprompt.optimizers.base import OptimizerResult
+from rlprompt.ppo.checkpoint import write_json
 from rlprompt.prompt_set import PromptSet
-from rlprompt.report import write_report
 from rlprompt.task import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +178,7 @@ def test_small_real_comparison_writes_the_whole_report(tmp_path):
 
 def test_seed_ci_resamples_scenarios_as_clusters(tmp_path):
     """Seeds that agree per scenario add no information: the CI must be that of the scenario means."""
-    from rlprompt.evaluation import bootstrap_ci
+    from rlprompt.evaluation.evaluate import bootstrap_ci
 
     def scenario_value(label, i):  # the same for every seed: seeds perfectly correlated per scenario
         return float(np.random.default_rng([len(label), i]).uniform()) + (0.05 if label == "ppo" else 0.0)
@@ -216,12 +216,12 @@ def test_report_tests_each_split_by_the_paired_difference(tmp_path):
 
 
 def _terms_in_effect(opt) -> dict[str, bool]:
-    """Measured on rlprompt.ppo.stabilize: does each stabilizer / loss term change anything?"""
+    """Measured on rlprompt.ppo.losses.stabilize: does each stabilizer / loss term change anything?"""
     import dataclasses
 
     import torch
 
-    from rlprompt.ppo import StabilizerConfig, stabilize
+    from rlprompt.ppo.losses import StabilizerConfig, stabilize
 
     group_size = opt.prompts_per_context
     reward = torch.rand(400 * group_size, generator=torch.Generator().manual_seed(0))  # raw, in [0, 1]
@@ -246,7 +246,7 @@ def _terms_in_effect(opt) -> dict[str, bool]:
 def test_every_ablation_switches_off_exactly_one_term():
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         planned = plan_runs(composer, [], budget=40, seeds=[0], mode="ablation")
-    from rlprompt.comparison import policy_terms
+    from rlprompt.experiments.comparison import policy_terms
 
     runs = {p.label: p.run for p in planned}
 
@@ -275,9 +275,9 @@ def test_every_ablation_switches_off_exactly_one_term():
 
 
 def test_terms_in_effect_match_the_stabilizer_and_guard_the_ablation():
-    from rlprompt.comparison import terms_in_effect
     from rlprompt.errors import ConfigError
-    from rlprompt.ppo_config import PPOConfig
+    from rlprompt.experiments.comparison import terms_in_effect
+    from rlprompt.ppo.config import PPOConfig
 
     for opt in [
         PPOConfig(),

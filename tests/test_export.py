@@ -18,7 +18,7 @@ import yaml
 
 from rlprompt.config import validate
 from rlprompt.errors import ConfigError
-from rlprompt.export import (
+from rlprompt.evaluation.export import (
     EXPORT_JSON,
     EXPORT_YAML,
     SCHEMA_VERSION,
@@ -28,7 +28,7 @@ from rlprompt.export import (
     load_exported,
     write_record,
 )
-from rlprompt.ppo_config import PPOConfig
+from rlprompt.ppo.config import PPOConfig
 from rlprompt.prompt_set import PromptSet
 from rlprompt.task import load_task
 
@@ -199,9 +199,9 @@ TINY = [
 
 @pytest.mark.slow
 def test_trained_run_round_trip_is_bit_identical(tmp_path):
-    from rlprompt.evaluation import Evaluator
-    from rlprompt.export import evaluate_exported, verify_against_summary
-    from rlprompt.training_run import run_training
+    from rlprompt.evaluation.evaluate import Evaluator
+    from rlprompt.evaluation.export import evaluate_exported, verify_against_summary
+    from rlprompt.ppo.run import run_training
 
     run = composed(TINY)
     run_dir = tmp_path / "run"

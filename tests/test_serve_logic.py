@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from rlprompt.bandit_math import beta_update, beta_update_many, posterior_mean, shrunk_posterior
 from rlprompt.cli import check_overrides
 from rlprompt.config import config_dir
 from rlprompt.errors import ConfigError
-from rlprompt.export import build_record, write_record
+from rlprompt.evaluation.export import build_record, write_record
+from rlprompt.optimizers.bandit_math import beta_update, beta_update_many, posterior_mean, shrunk_posterior
 from rlprompt.prompt_set import PromptSet
 from rlprompt.serve import store
 from rlprompt.serve.portfolio import Arm, Counts, Portfolio, Snapshot, context_key, portfolio_arms

@@ -14,11 +14,11 @@ import torch
 
 from rlprompt.build import TARGETS
 from rlprompt.config import validate
+from rlprompt.ppo.callbacks import CheckpointCallback
+from rlprompt.ppo.run import build_trainer
+from rlprompt.ppo.trainer import TASK_LEVEL_CONTEXT
 from rlprompt.rewards.base import REWARDS, RewardResult, register_reward
 from rlprompt.targets.base import Reply
-from rlprompt.trainer import TASK_LEVEL_CONTEXT
-from rlprompt.trainer_callbacks import CheckpointCallback
-from rlprompt.training_run import build_trainer
 
 pytestmark = pytest.mark.slow
 

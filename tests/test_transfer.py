@@ -18,9 +18,15 @@ import pytest
 
 from rlprompt.config import validate
 from rlprompt.errors import ConfigError
-from rlprompt.export import build_record, export, write_record
+from rlprompt.evaluation.export import build_record, export, write_record
+from rlprompt.experiments.transfer import (
+    load_prompt_sets,
+    target_spec,
+    target_specs,
+    transfer_matrix,
+    write_matrix,
+)
 from rlprompt.prompt_set import PromptSet
-from rlprompt.transfer import load_prompt_sets, target_spec, target_specs, transfer_matrix, write_matrix
 from tests.test_export import hand_made
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,7 +152,7 @@ def test_transfer_matrix_over_two_local_targets_and_an_api(tmp_path, openai_serv
 
 
 def test_write_matrix_from_a_synthetic_matrix(tmp_path):
-    from rlprompt.transfer import Matrix
+    from rlprompt.experiments.transfer import Matrix
 
     ci = {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6}
     cell = {"reward": ci, "gain": {"mean": -0.1, "ci_low": -0.2, "ci_high": 0.0}, "win_rate_vs_base": 0.4}

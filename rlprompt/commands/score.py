@@ -5,7 +5,7 @@
     rlprompt score +prompt_file=prompts/mine.txt +split=val
     rlprompt score +prompt_text=null                          # no system prompt at all
 
-Compose config → validate → build → score → print. The scoring lives in rlprompt/scoring.py.
+Compose config → validate → build → score → print. The scoring lives in rlprompt/evaluation/scoring.py.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
 
 def score(cfg: DictConfig) -> None:
     from rlprompt.config import validate
+    from rlprompt.env.prompting import check_prompt_text
     from rlprompt.errors import ConfigError
-    from rlprompt.prompting import check_prompt_text
     from rlprompt.task import load_task
 
     setup_logging()
@@ -64,9 +64,9 @@ def score(cfg: DictConfig) -> None:
     task.split(split)  # an unknown or empty split fails here, before any model loads
 
     from rlprompt.build import build_cache, build_target, set_threads
-    from rlprompt.evaluation import build_evaluator
+    from rlprompt.evaluation.evaluate import build_evaluator
+    from rlprompt.evaluation.scoring import score_prompt
     from rlprompt.rewards.factory import reward_from_config
-    from rlprompt.scoring import score_prompt
 
     set_threads(run)
     cache = build_cache(run.cache)

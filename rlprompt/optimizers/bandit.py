@@ -7,7 +7,7 @@
   2012 use a Bernoulli(r) draw instead; the fractional update has the same mean, less noise).
 - Every `retire_every` plays: best = the arm with the highest posterior mean; an arm i retires when
   P(X_i > X_best) < `retire_threshold`, computed exactly as ∫ f_i(x) F_best(x) dx by quadrature.
-- The math is shared with the serving gateway (rlprompt/bandit_math.py); only the source of
+- The math is shared with the serving gateway (rlprompt/optimizers/bandit_math.py); only the source of
   rewards differs.
 - Refill to `portfolio_size` with LLM rewrites (mutations) of the best prompt; a mutant's prior
   inherits the best's posterior mean m at effective sample size ess = max(prior_ess_min,
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from rlprompt.bandit_math import (
+from rlprompt.optimizers.bandit_math import (
     best_index,
     beta_update,
     mutant_prior,

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rlprompt.build import build_cache, build_target, generation_params, set_threads
-from rlprompt.checkpoint import write_json
 from rlprompt.config import OptimizerConfig, RunConfig
-from rlprompt.conversation import run_conversations
+from rlprompt.env.conversation import run_conversations
+from rlprompt.ppo.checkpoint import write_json
 from rlprompt.prompt_set import PromptEntry, PromptSet, write_prompts
 from rlprompt.registry import Registry
 from rlprompt.rewards.base import RewardBatch
@@ -163,7 +163,7 @@ class OptimizerContext:
 
     @cached_property
     def bounds(self) -> tuple[float, float]:
-        from rlprompt.trainer import reward_bounds
+        from rlprompt.ppo.trainer import reward_bounds
 
         return reward_bounds(self.reward.reward)
 
@@ -215,7 +215,7 @@ class OptimizerContext:
         source_model: str = "",
         prompt_template: str = "{learned}",
     ) -> PromptSet:
-        """The method's prompt set (the same fields as `training_run.learned_prompts` fills)."""
+        """The method's prompt set (the same fields as `ppo.run.learned_prompts` fills)."""
         return PromptSet(
             task=self.task.name,
             method=method,
@@ -259,7 +259,7 @@ class OptimizerContext:
 def run_optimizer(run: RunConfig, run_dir: Path) -> OptimizerResult:
     """Build the context, run `optimizer.name`, write prompts.json / prompt.txt / result.json."""
     import rlprompt.optimizers  # noqa: F401  (registers the built-in optimizers)
-    from rlprompt.training_run import seed_everything
+    from rlprompt.ppo.run import seed_everything
 
     set_threads(run)
     seed_everything(run.seed)

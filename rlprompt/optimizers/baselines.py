@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlprompt.env.prompting import assemble_system_prompt
 from rlprompt.optimizers.base import (
     BestSoFar,
     OptimizerContext,
@@ -27,7 +28,6 @@ from rlprompt.optimizers.base import (
     register_optimizer,
 )
 from rlprompt.prompt_set import PromptEntry, context_key
-from rlprompt.prompting import assemble_system_prompt
 from rlprompt.targets.cache import BudgetExhausted
 from rlprompt.task import Scenario
 
@@ -118,8 +118,8 @@ class RandomTokens:
         self.ctx, self.cfg = ctx, ctx.cfg
 
     def run(self) -> OptimizerResult:
-        from rlprompt.action_spaces import allowed_token_mask
         from rlprompt.models import load_tokenizer
+        from rlprompt.policy.action_spaces import allowed_token_mask
 
         policy = self.ctx.run.policy
         tokenizer = load_tokenizer(policy.backbone)

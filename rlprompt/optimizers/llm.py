@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from rlprompt.build import TARGETS
 from rlprompt.config import RunConfig, TargetConfig
+from rlprompt.env.prompting import check_prompt_text
 from rlprompt.errors import ConfigError
 from rlprompt.optimizers.base import PromptSearchConfig
-from rlprompt.prompting import check_prompt_text
 from rlprompt.targets.base import GenerationParams
 from rlprompt.targets.cache import CachedTarget, CallCounter, ResponseCache
 

@@ -1,9 +1,9 @@
 """The PPO prompt policies as optimizers: `ppo` (token policy) and `components` (phrase bank).
 
-Both run the `PPOTrainer` (rlprompt/trainer.py): its target is built with `optimizer.budget`
+Both run the `PPOTrainer` (rlprompt/ppo/trainer.py): its target is built with `optimizer.budget`
 and its loop stops on `BudgetExhausted`, so the wrapper only sets the step count (with a budget,
 the budget is what stops it), records the learning curve after each step (a `CurveTracker`
-callback) and reads the greedy prompts with `training_run.learned_prompts`. `components` is the same PPO
+callback) and reads the greedy prompts with `ppo.run.learned_prompts`. `components` is the same PPO
 with the task's phrase bank as its action set (the component-selection design).
 """
 
@@ -23,10 +23,10 @@ from rlprompt.optimizers.base import (
     register_optimizer,
     write_json,
 )
-from rlprompt.ppo_config import PPOConfig
+from rlprompt.ppo.callbacks import Callback, StepEnd
+from rlprompt.ppo.config import PPOConfig
+from rlprompt.ppo.trainer import PPOTrainer
 from rlprompt.prompt_set import PromptSet
-from rlprompt.trainer import PPOTrainer
-from rlprompt.trainer_callbacks import Callback, StepEnd
 
 CURVE_FILE = "curve.json"
 
@@ -60,7 +60,7 @@ class PPOOptimizer:
 
     def run(self) -> OptimizerResult:
         from rlprompt.build import check_run
-        from rlprompt.training_run import build_trainer, learned_prompts
+        from rlprompt.ppo.run import build_trainer, learned_prompts
 
         run = self.configure(self.ctx.private_run)
         check_run(run)  # after configure (components forces its action space), before models load

@@ -110,7 +110,7 @@ class Gateway(FeedbackMixin):
 
     @cached_property
     def bounds(self) -> tuple[float, float]:
-        from rlprompt.trainer import reward_bounds
+        from rlprompt.ppo.trainer import reward_bounds
 
         return reward_bounds(self.reward.reward)
 

@@ -3,7 +3,7 @@
 Arms come from `scripts/export.py` output (the task-level prompt, and each per-context prompt as
 an arm that only its context may play), from prompts.json files, from hand-written prompts
 (`.txt` files or `serve.prompts`), or, with none of these, from the task's base instruction and
-seed prompts. Posteriors use the offline bandit's math (rlprompt/bandit_math.py): a feedback
+seed prompts. Posteriors use the offline bandit's math (rlprompt/optimizers/bandit_math.py): a feedback
 event of value r is one fractional Bernoulli observation. With `serve.contextual`, the draw for a
 request that names its context uses that context's posterior, shrunk towards the arm's global
 one (`bandit_math.shrunk_posterior`), so a new context plays like the global portfolio.
@@ -23,9 +23,14 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from rlprompt.bandit_math import beta_update_many, posterior_mean, shrunk_posterior, thompson_choice
 from rlprompt.errors import ConfigError
-from rlprompt.export import load_exported
+from rlprompt.evaluation.export import load_exported
+from rlprompt.optimizers.bandit_math import (
+    beta_update_many,
+    posterior_mean,
+    shrunk_posterior,
+    thompson_choice,
+)
 from rlprompt.optimizers.llm import normalize
 from rlprompt.prompt_set import context_key as joined_key
 from rlprompt.serve import store

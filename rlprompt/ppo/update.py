@@ -1,6 +1,6 @@
 """One PPO update over one step's experience, as a function of what it reads.
 
-Why apart from the trainer: the update is the paper's math (rlprompt/ppo.py's terms, put
+Why apart from the trainer: the update is the paper's math (rlprompt/ppo/losses.py's terms, put
 together) and reads only the step's rollout and advantages, the head, its optimizer and the PPO
 settings; the loop around it (sampling, the target, logging, checkpoints) is the trainer's. The
 update mutates only the head's weights and the Adam state it is given, and draws minibatch
@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from rlprompt import ppo
-from rlprompt.policy import PromptPolicy, Rollout
-from rlprompt.ppo_config import PPOConfig
+from rlprompt.policy.policy import PromptPolicy, Rollout
+from rlprompt.ppo import losses as ppo
+from rlprompt.ppo.config import PPOConfig
 from rlprompt.task import Scenario
 
 GradientSync = Callable[[list[torch.Tensor]], None]  # averages the trainable gradients over ranks

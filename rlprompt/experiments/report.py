@@ -1,6 +1,6 @@
 """The comparison report: report.md (tables) and PNG plots, from results.json alone.
 
-Everything here reads the `results` dict written by `rlprompt.comparison`, so a report can be
+Everything here reads the `results` dict written by `rlprompt.experiments.comparison`, so a report can be
 re-drawn from a finished comparison without re-running a model.
 
 Plots (matplotlib, Agg backend: no display needed):

@@ -9,7 +9,7 @@ over the task's hand-written base instruction *on that same target*, with a pair
 CI. A raw mean is not comparable across targets (a stronger model scores higher whatever the
 prompt); the gain over the target's own baseline is.
 
-Every cell is scored with rlprompt.evaluation.evaluate on the same split, scenarios, reward and
+Every cell is scored with rlprompt.evaluation.evaluate.evaluate on the same split, scenarios, reward and
 generation settings as training's held-out evaluation, through the shared response cache.
 """
 
@@ -28,8 +28,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlprompt.config import RunConfig, TargetConfig, config_dir
 from rlprompt.errors import ConfigError
-from rlprompt.evaluation import Evaluator, paired_difference, win_rate
-from rlprompt.export import EXPORT_JSON, EXPORT_YAML, load_exported, prompt_sources
+from rlprompt.evaluation.evaluate import Evaluator, paired_difference, win_rate
+from rlprompt.evaluation.export import EXPORT_JSON, EXPORT_YAML, load_exported, prompt_sources
 from rlprompt.prompt_set import PromptSet
 
 log = logging.getLogger(__name__)

@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 
 from rlprompt.build import check_run, set_threads
-from rlprompt.checkpoint import write_json
 from rlprompt.config import PolicyConfig, RunConfig
-from rlprompt.evaluation import EvalResult, Interval, bootstrap_ci, build_evaluator
+from rlprompt.evaluation.evaluate import EvalResult, Interval, bootstrap_ci, build_evaluator
 from rlprompt.optimizers.base import OptimizerResult, run_optimizer
-from rlprompt.ppo_config import PPOConfig
+from rlprompt.ppo.checkpoint import write_json
+from rlprompt.ppo.config import PPOConfig
 from rlprompt.task import Task, load_task
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def check_ablation(planned: list[PlannedRun]) -> None:
 
 def run_comparison(planned: list[PlannedRun], out_dir: Path) -> dict[str, Any]:
     """Optimize every planned run (skipping finished ones), evaluate, write results.json + report."""
-    from rlprompt.report import write_report
+    from rlprompt.experiments.report import write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
     records: dict[str, MethodRecord] = {}

@@ -1,6 +1,6 @@
 """What happens around the PPO loop, as callbacks: TensorBoard logging and checkpoints.
 
-Why callbacks: the loop (rlprompt/trainer.py) is rollout → update; what a run records and where
+Why callbacks: the loop (rlprompt/ppo/trainer.py) is rollout → update; what a run records and where
 it saves differs between `rlprompt train`, the budgeted `ppo` optimizer (which adds its learning
 curve, rlprompt/optimizers/ppo.py) and tests. Each is a `TrainerCallback` the trainer calls in
 list order on every rank; a callback decides itself what only the main process does.
@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from rlprompt.checkpoint import Checkpointer, check_trainable_state
-from rlprompt.ppo_update import StepBatch, UpdateStats
+from rlprompt.ppo.checkpoint import Checkpointer, check_trainable_state
+from rlprompt.ppo.update import StepBatch, UpdateStats
 from rlprompt.targets.cache import BudgetExhausted
 
 if TYPE_CHECKING:
-    from rlprompt.trainer import PPOTrainer
+    from rlprompt.ppo.trainer import PPOTrainer
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from rlprompt.evaluation import Evaluator, Interval, bootstrap_ci
+from rlprompt.evaluation.evaluate import Evaluator, Interval, bootstrap_ci
 
 
 @dataclass

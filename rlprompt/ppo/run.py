@@ -22,19 +22,19 @@ import numpy as np
 import torch
 
 from rlprompt.build import build_cache, build_target, generation_params, set_threads
-from rlprompt.checkpoint import check_resume, run_meta, write_json
 from rlprompt.config import RunConfig
-from rlprompt.evaluation import EvalResult, Evaluator, paired_difference, win_rate
-from rlprompt.learning import Candidate, plot_learning_curve, reward_rise
+from rlprompt.env.prompting import check_prompt_text
+from rlprompt.evaluation.evaluate import EvalResult, Evaluator, paired_difference, win_rate
 from rlprompt.models import load_model
-from rlprompt.policy import PromptPolicy
+from rlprompt.policy.policy import PromptPolicy
+from rlprompt.ppo.callbacks import CheckpointCallback, TensorBoardLogger, TrainerCallback
+from rlprompt.ppo.checkpoint import check_resume, run_meta, write_json
+from rlprompt.ppo.learning import Candidate, plot_learning_curve, reward_rise
+from rlprompt.ppo.trainer import TASK_LEVEL_CONTEXT, PPOTrainer, TrainerConfig
 from rlprompt.prompt_set import PromptEntry, PromptSet, context_key, write_prompts
-from rlprompt.prompting import check_prompt_text
 from rlprompt.rewards.factory import reward_from_config
 from rlprompt.targets.cache import CachedTarget, CallCounter
 from rlprompt.task import Scenario, load_task
-from rlprompt.trainer import TASK_LEVEL_CONTEXT, PPOTrainer, TrainerConfig
-from rlprompt.trainer_callbacks import CheckpointCallback, TensorBoardLogger, TrainerCallback
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def evaluate_run(
 ) -> dict:
     """Learned prompts vs the base instruction on `run.eval.splits`. `target` defaults to the
     trainer's model on its own unbudgeted "eval" counter: evaluation is never charged to
-    `optimizer.budget` (as in rlprompt/comparison.py)."""
+    `optimizer.budget` (as in rlprompt/experiments/comparison.py)."""
     task = trainer.task
     target = target if target is not None else trainer.target.with_counter(CallCounter(role="eval"))
     evaluator = run_evaluator(trainer, run, target)

@@ -6,7 +6,7 @@ prompt) pair through the cache; the reward scores the conversations; rewards are
 scenario across its prompts (RLPrompt's z-score); `ppo_update` updates the head on the cached
 hidden states. Under accelerate, each rank takes a slice of the contexts, gradients are averaged
 with `accelerator.reduce`, and only the main process writes. The trainer reads only its own
-`TrainerConfig`; logging and checkpoints are `TrainerCallback`s (rlprompt/trainer_callbacks.py).
+`TrainerConfig`; logging and checkpoints are `TrainerCallback`s (rlprompt/ppo/callbacks.py).
 """
 
 from __future__ import annotations
@@ -21,21 +21,21 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from rlprompt import ppo
 from rlprompt.config import PromptConfig, RunConfig
-from rlprompt.conversation import run_conversations
-from rlprompt.distributed import agree_on_stop
+from rlprompt.env.conversation import run_conversations
+from rlprompt.env.prompting import assemble_system_prompt
 from rlprompt.errors import ConfigError, TargetError
-from rlprompt.learning import LearningLog, step_diagnostics
-from rlprompt.policy import PromptPolicy
-from rlprompt.ppo_config import PPOConfig
-from rlprompt.ppo_update import StepBatch, UpdateStats, accelerate_gradient_sync, per_prompt_mean, ppo_update
-from rlprompt.prompting import assemble_system_prompt
+from rlprompt.policy.policy import PromptPolicy
+from rlprompt.ppo import losses as ppo
+from rlprompt.ppo.callbacks import CheckpointCallback, StepEnd, TrainerCallback
+from rlprompt.ppo.config import PPOConfig
+from rlprompt.ppo.distributed import agree_on_stop
+from rlprompt.ppo.learning import LearningLog, step_diagnostics
+from rlprompt.ppo.update import StepBatch, UpdateStats, accelerate_gradient_sync, per_prompt_mean, ppo_update
 from rlprompt.rewards.factory import RewardSetup
 from rlprompt.targets.base import GenerationParams
 from rlprompt.targets.cache import BudgetExhausted, CachedTarget
 from rlprompt.task import Scenario, Task
-from rlprompt.trainer_callbacks import CheckpointCallback, StepEnd, TrainerCallback
 
 log = logging.getLogger(__name__)
 TASK_LEVEL_CONTEXT = "Any customer type, any stage, any urgency."

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from rlprompt.env.prompting import check_prompt_text
 from rlprompt.errors import ConfigError
 from rlprompt.prompt_set import HEADER_KEYS, PromptEntry, PromptSet, split_context_key
-from rlprompt.prompting import check_prompt_text
 
 if TYPE_CHECKING:
     from rlprompt.config import RunConfig
-    from rlprompt.evaluation import EvalResult
+    from rlprompt.evaluation.evaluate import EvalResult
     from rlprompt.rewards.factory import RewardSetup
     from rlprompt.targets.base import Target
 
@@ -330,12 +330,12 @@ def evaluate_exported(
     target: Target | None = None,
     reward: RewardSetup | None = None,
 ) -> EvalResult:
-    """Score an exported prompt set exactly as training_run.evaluate_run scores the learned prompts.
+    """Score an exported prompt set exactly as ppo.run.evaluate_run scores the learned prompts.
 
     Same task, reward, generation params, split and `eval.max_scenarios` → the same rewards as
     summary.json. `target` / `reward` may be passed in to reuse loaded models.
     """
-    from rlprompt.evaluation import build_evaluator
+    from rlprompt.evaluation.evaluate import build_evaluator
     from rlprompt.task import load_task
 
     prompts = load_exported(path)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from rlprompt.conversation import run_conversations
+from rlprompt.env.conversation import run_conversations
 from rlprompt.prompt_set import PromptSet
 from rlprompt.targets.base import GenerationParams, Target
 from rlprompt.task import Scenario, Task
