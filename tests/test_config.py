@@ -143,3 +143,17 @@ def test_every_primary_config_composes(config_name):
     run = compose_validated(config_name, [])
     assert type(run.optimizer) is OPTIMIZER_CONFIGS.get(run.optimizer.name)
     assert run.optimizer.name == ("bandit" if config_name == "gateway" else "ppo")
+
+
+def test_resume_ignores_other_methods_settings_recorded_by_older_runs():
+    """Runs recorded before the per-optimizer configs hold every method's optimizer.* settings;
+    those are not this run's, so a resume does not count them as changed. Anything else still does."""
+    from dataclasses import asdict
+
+    from rlprompt.ppo.checkpoint import config_changes
+
+    current = asdict(validate({}))
+    older = {**current, "optimizer": {**current["optimizer"], "candidates_per_step": 8, "retire_every": 24}}
+    assert config_changes(older, current) == []
+    older["reward"] = {**current["reward"], "modules": {"rubric": 1.0}}
+    assert "reward.modules.rubric: 1.0 → (absent)" in config_changes(older, current)
