@@ -206,6 +206,10 @@ def test_prompt_search_never_exceeds_its_budget(tmp_path, name, budget):
     assert result.target_calls <= budget
     assert all(calls <= budget for calls, _ in result.curve)
     assert result.prompts.task_level.system_prompt.strip()
+    expected_source = {"manual": "hand-written", "template": "rules", "random": "uniform over allowed tokens"}
+    assert result.prompts.source_model == expected_source.get(
+        name, "smollm2-135m-instruct"
+    )  # opro, bandit: their LLM
     assert (tmp_path / name / "prompts.json").exists() and (tmp_path / name / "result.json").exists()
 
 

@@ -215,7 +215,9 @@ class ThompsonBandit:
         self.save()
         # The final pick prefers arms with evidence: an unplayed arm's mean is only its prior.
         best = max(self.active, key=lambda a: (a.plays > 0, a.mean))
-        prompts = self.ctx.document("bandit", PromptEntry(best.prompt, best.prompt))
+        prompts = self.ctx.document(
+            "bandit", PromptEntry(best.prompt, best.prompt), source_model=self.cfg.optimizer_model
+        )
         return self.ctx.result(
             "bandit",
             prompts,

@@ -211,8 +211,9 @@ class OptimizerContext:
         method: str,
         task_level: PromptEntry,
         per_context: dict[str, PromptEntry] | None = None,
+        *,
+        source_model: str,
         action_space: str = "text",
-        source_model: str = "",
         prompt_template: str = "{learned}",
     ) -> PromptSet:
         """The method's prompt set (the same fields as `ppo.run.learned_prompts` fills)."""

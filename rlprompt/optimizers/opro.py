@@ -183,7 +183,9 @@ class OPRO:
             best = Scored(self.ctx.task.base_instruction, float("nan"), float("nan"), -1)
         else:
             best = max(self.history, key=lambda h: h.reward)
-        prompts = self.ctx.document("opro", PromptEntry(best.instruction, best.instruction))
+        prompts = self.ctx.document(
+            "opro", PromptEntry(best.instruction, best.instruction), source_model=self.cfg.optimizer_model
+        )
         return self.ctx.result(
             "opro",
             prompts,
