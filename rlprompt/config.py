@@ -238,6 +238,23 @@ def validate(cfg: DictConfig | dict) -> RunConfig:
     return run
 
 
+def validate_recorded(cfg: DictConfig | dict) -> RunConfig:
+    """`validate` for a config a run recorded (summary.json, .hydra/config.yaml, latest.json).
+
+    Runs from before the per-optimizer configs recorded one flat optimizer section holding every
+    method's settings; the keys the named method does not have never affected it and are dropped.
+    A key the method has is validated as always.
+    """
+    import dataclasses
+
+    data = OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    section = data.get("optimizer")
+    if isinstance(section, dict):
+        keys = {f.name for f in dataclasses.fields(optimizer_config_class(optimizer_name(data)))}
+        data["optimizer"] = {k: v for k, v in section.items() if k in keys}
+    return validate(data)
+
+
 def section_fields(path: str, optimizer: str = OptimizerConfig.name) -> list[str] | None:
     """Field names of the config section at dotted `path` ("" = top level), or None when it is
     not a dataclass section (a free-form dict such as `reward.modules`, a list, a value).

@@ -157,3 +157,14 @@ def test_resume_ignores_other_methods_settings_recorded_by_older_runs():
     assert config_changes(older, current) == []
     older["reward"] = {**current["reward"], "modules": {"rubric": 1.0}}
     assert "reward.modules.rubric: 1.0 → (absent)" in config_changes(older, current)
+
+
+def test_a_recorded_config_from_before_the_per_optimizer_configs_still_reads():
+    """summary.json of an older run holds every method's optimizer.* settings (export --verify and
+    resume read it back); the other methods' keys are dropped, a typo in a fresh config still fails."""
+    from rlprompt.config import validate_recorded
+
+    older = {"optimizer": {"name": "ppo", "lr": 1e-4, "candidates_per_step": 8, "retire_every": 24}}
+    assert validate_recorded(older).optimizer.lr == 1e-4
+    with pytest.raises(ConfigError, match="candidates_per_step"):
+        validate(older)

@@ -94,10 +94,10 @@ def canonical_config(raw: dict) -> dict:
 
     A config that is not a RunConfig (e.g. a comparison report's) is hashed as resolved.
     """
-    from rlprompt.config import validate
+    from rlprompt.config import validate_recorded
 
     try:
-        return asdict(validate(raw))
+        return asdict(validate_recorded(raw))
     except Exception:
         return raw
 
@@ -350,10 +350,10 @@ def verify_against_summary(export_path: str | Path, run_dir: str | Path) -> dict
 
     The two must be equal to the last bit: anything else means the export changed a prompt.
     """
-    from rlprompt.config import validate
+    from rlprompt.config import validate_recorded
 
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    run = validate(summary["config"])
+    run = validate_recorded(summary["config"])
     out = {}
     for split, entry in summary["splits"].items():
         result = evaluate_exported(export_path, run, split)

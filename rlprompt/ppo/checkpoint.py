@@ -202,12 +202,12 @@ def _hydra_config(path: Path) -> dict | None:
     """The run's composed Hydra config as a RunConfig dict, or None when it is absent or unreadable."""
     from omegaconf import OmegaConf
 
-    from rlprompt.config import validate
+    from rlprompt.config import validate_recorded
 
     if not path.is_file():
         return None
     try:
-        return _jsonable(asdict(validate(OmegaConf.load(path))))
+        return _jsonable(asdict(validate_recorded(OmegaConf.load(path))))
     except Exception as err:  # an old or hand-edited file: nothing to compare against
         log.warning("resume: cannot read %s (%s); the config is not compared", path, err)
         return None
