@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -178,7 +178,7 @@ class Task:
 
         by_id = {s.id: s for s in self.scenarios}
         rows = {
-            name: [{**s.__dict__, "history": json.dumps(s.history)} for s in (by_id[i] for i in ids)]
+            name: [{**asdict(s), "history": json.dumps(s.history)} for s in (by_id[i] for i in ids)]
             for name, ids in self.split_ids.items()
         }
         return DatasetDict(
