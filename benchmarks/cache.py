@@ -13,7 +13,7 @@ from common import Stopwatch, set_threads, write_result
 
 from rlprompt.build import generation_params
 from rlprompt.config import RewardConfig, TargetConfig
-from rlprompt.evaluation import evaluate
+from rlprompt.evaluation.evaluate import Evaluator
 from rlprompt.rewards.factory import reward_from_config
 from rlprompt.targets.cache import CachedTarget, ResponseCache
 from rlprompt.targets.hf import HFTarget
@@ -34,14 +34,13 @@ def main() -> None:
     params = generation_params(TargetConfig())
     with tempfile.TemporaryDirectory() as tmp:
         cache = ResponseCache(Path(tmp) / "responses.sqlite")
-        reward = reward_from_config(reward_cfg, task, cache).reward
+        reward = reward_from_config(reward_cfg, task, cache)
         runs = []
         for label in ("cold", "warm"):
             target = CachedTarget(inner, cache)
             with Stopwatch() as watch:
-                result = evaluate(
-                    task, "test", lambda s: task.base_instruction, target, reward, params, args.scenarios
-                )
+                evaluator = Evaluator(task, target, reward, params, args.scenarios)
+                result = evaluator.evaluate("test", task.base_instruction)
             runs.append(
                 {
                     "run": label,

@@ -18,7 +18,7 @@ import numpy as np
 from common import set_threads, write_result
 
 from rlprompt.config import TargetConfig
-from rlprompt.conversation import run_conversations
+from rlprompt.env.conversation import run_conversations
 from rlprompt.rewards.base import build_reward
 from rlprompt.targets.base import GenerationParams
 from rlprompt.targets.hf import HFTarget

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from rlprompt.build import build_cache, build_target, generation_params
 from rlprompt.config import CacheConfig, TargetConfig
-from rlprompt.conversation import run_conversations
+from rlprompt.env.conversation import run_conversations
 from rlprompt.evaluation import bootstrap_ci
 from rlprompt.preferences import (
     TEST_SPLITS,

@@ -17,8 +17,8 @@ from pathlib import Path
 from common import Stopwatch, set_threads, write_result
 
 from rlprompt.config import validate
+from rlprompt.ppo.run import build_trainer
 from rlprompt.rewards.similarity import load_embedder
-from rlprompt.training_run import build_trainer
 
 
 def raw_limit(trainer, reps: int = 3) -> float:

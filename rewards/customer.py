@@ -1,6 +1,6 @@
 """A simulated customer (an LLM playing the scenario's persona) and the `customer` reward.
 
-`LLMCustomer` implements `rlprompt.conversation.CustomerSimulator`: it sees the conversation
+`LLMCustomer` implements `rlprompt.env.conversation.CustomerSimulator`: it sees the conversation
 with roles flipped (the seller's turns are its "user" turns) and answers in character, batched,
 through a `CachedTarget` counted as role "customer".
 

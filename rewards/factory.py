@@ -33,8 +33,8 @@ from rlprompt.targets.base import Target
 from rlprompt.targets.cache import CachedTarget, CallCounter, ResponseCache
 from rlprompt.task import Task
 
-if TYPE_CHECKING:  # rlprompt.conversation imports rlprompt.rewards.base: no import cycle at run time
-    from rlprompt.conversation import CustomerSimulator
+if TYPE_CHECKING:  # rlprompt.env.conversation imports rlprompt.rewards.base: no import cycle at run time
+    from rlprompt.env.conversation import CustomerSimulator
 
 ROLES = ("judge", "customer")
 

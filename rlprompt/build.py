@@ -54,7 +54,7 @@ def check_run(run: RunConfig) -> None:
     Cheap and model-free, so entry points call it right after `validate`: a combination that
     cannot work fails at start-up, not after models load or other methods have run.
     """
-    from rlprompt.action_spaces import check_policy
+    from rlprompt.policy.action_spaces import check_policy
 
     check_policy(run.policy)
 

@@ -30,7 +30,11 @@ def guarded(main: Callable[[], object], debug: bool = False) -> object:
 
 
 def check_overrides(
-    overrides: Sequence[str], config_dir: Path | Sequence[Path], script_keys: Sequence[str] = ()
+    overrides: Sequence[str],
+    config_dir: Path | Sequence[Path],
+    script_keys: Sequence[str] = (),
+    config_name: str = "config",
+    optimizer: str | None = None,
 ) -> None:
     """Check command-line overrides against the config groups and `RunConfig` before Hydra composes.
 
@@ -39,7 +43,9 @@ def check_overrides(
     valid ones instead. Only what can be decided from the schema is checked; the rest (value
     types, keys inside free-form dicts) is left to Hydra and `rlprompt.config.validate`.
     `config_dir` may be several folders (the packaged configs plus a user's `--config-dir`):
-    a group's options are those of every folder.
+    a group's options are those of every folder. `optimizer.*` keys are checked against the
+    optimizer the command line (or else the primary config `config_name`) selects, or against
+    every optimizer's when `optimizer="*"` (compare runs several).
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
@@ -56,6 +62,7 @@ def check_overrides(
     for folder in (d for d in dirs if d.is_dir()):
         for group in (p for p in folder.iterdir() if p.is_dir()):
             groups.setdefault(group.name, set()).update(p.stem for p in group.glob("*.yaml"))
+    optimizer = optimizer or selected_optimizer(parsed, dirs, config_name)
     for override in parsed:
         key = override.key_or_group
         if key.split(".")[0] == "hydra" or override.type == OverrideType.DEL or key in script_keys:
@@ -72,7 +79,7 @@ def check_overrides(
         parts = key.split(".")
         for depth in range(1, len(parts) + 1):
             section, name = ".".join(parts[: depth - 1]), parts[depth - 1]
-            valid = section_fields(section)
+            valid = section_fields(section, optimizer)
             if valid is None:  # a free-form dict (reward.modules, extra, ...): anything goes below
                 break
             if name not in valid:
@@ -83,6 +90,35 @@ def check_overrides(
                     f"unknown config key '{key}' (override '{override.input_line}'): {where} has no "
                     f"field '{name}'.{hint} Valid fields: {', '.join(valid)}"
                 )
+
+
+def selected_optimizer(parsed: list, dirs: Sequence[Path], config_name: str) -> str:
+    """The optimizer a command line selects: `optimizer.name=X`, `optimizer=X`, else the one the
+    primary config's defaults list names (following its plain entries, e.g. gateway -> config)."""
+    import yaml
+
+    given = {o.key_or_group: o.value() for o in parsed if isinstance(o.value(), str)}
+    if "optimizer.name" in given or "optimizer" in given:
+        return given.get("optimizer.name") or given["optimizer"]
+    seen: set[str] = set()
+    pending = [config_name]
+    while pending:
+        name = pending.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        path = next((d / f"{name}.yaml" for d in dirs if (d / f"{name}.yaml").is_file()), None)
+        try:
+            raw = yaml.safe_load(path.read_text()) if path else {}
+        except (OSError, yaml.YAMLError):
+            raw = {}
+        entries = raw.get("defaults", []) if isinstance(raw, dict) else []
+        keys = ("override optimizer", "optimizer")  # the primary config's own entries come first
+        choice = [e[k] for k in keys for e in entries if isinstance(e, dict) and k in e]
+        if choice:
+            return str(choice[0])
+        pending += [e for e in entries if isinstance(e, str) and e != "_self_"]
+    return "ppo"
 
 
 def setup_logging() -> None:

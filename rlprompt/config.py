@@ -91,49 +91,12 @@ class RewardConfig:
 
 @dataclass
 class OptimizerConfig:
-    """Every optimizer's settings; each optimizer reads the fields it needs."""
+    """What every optimizer has; each optimizer registers a subclass with its own settings beside
+    its code (`register_optimizer(name, config=...)`), so a key of another method is an error
+    that lists this method's keys. `optimizer.name` picks the subclass in `validate`."""
 
     name: str = "ppo"  # registry: ppo | components | opro | bandit | random | manual | template
-    budget: int | None = None  # max target calls (None: PPO runs `steps`)
-    # PPO (RLPrompt, Deng et al. 2022)
-    steps: int = 80
-    contexts_per_step: int = 4  # C
-    prompts_per_context: int = 4  # G
-    lr: float = 2e-5
-    adam_eps: float = 1e-8
-    max_grad_norm: float = 5.0
-    ppo_epochs: int = 4
-    minibatches: int = 2
-    clip_eps: float = 0.2
-    kl_coef: float = 0.05  # 0 switches the KL penalty off
-    entropy_coef: float = 0.001  # 0 switches the entropy bonus off
-    shaping: bool = True  # linear [low, high] → [0, shaping_scale]
-    shaping_scale: float = 5.0
-    zscore: bool = True  # per-context z-score across the G prompts (RLPrompt)
-    reward_clip: float = 3.0  # 0 switches clipping off
-    # Floor on a group's std in the z-score (stabilized units, after shaping): a group whose prompts
-    # score almost alike gets a small advantage instead of noise blown up to +-1. 0 = RLPrompt's 1e-4.
-    zscore_min_std: float = 0.0
-    stratify_stages: bool = False  # each step's C contexts cycle through the task's stages
-    # OPRO (Yang et al. 2023)
-    candidates_per_step: int = 8
-    history_top: int = 20
-    exemplars: int = 3
-    meta_temperature: float = 1.0
-    score_subset: int = 8
-    max_prompt_chars: int = 500
-    optimizer_model: str = "smollm2-135m-instruct"
-    # Thompson-sampling bandit with evolution
-    retire_every: int = 24
-    retire_threshold: float = 0.05
-    portfolio_size: int = 6
-    prior_ess_min: float = 10.0
-    prior_ess_frac: float = 0.2
-    # Shared by the prompt-search optimizers (OPRO, bandit, random search); docs/OPTIMIZERS.md
-    optimizer_target: str = "hf"  # target registry name of the optimizer LLM (hf | openai)
-    optimizer_base_url: str | None = None  # OpenAI-compatible endpoint of the optimizer LLM
-    optimizer_max_new_tokens: int = 96  # length of one optimizer-LLM reply (a new instruction)
-    min_prompt_chars: int = 20  # length filter (with max_prompt_chars) for generated instructions
+    budget: int | None = None  # max target calls (None: the method runs its own `steps`)
     private_cache: bool = True  # optimization replies cached in the run folder only (no free calls)
 
 
@@ -207,7 +170,7 @@ class RunConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    optimizer: OptimizerConfig = field(default_factory=lambda: optimizer_config_class("ppo")())
     eval: EvalConfig = field(default_factory=EvalConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
@@ -229,9 +192,37 @@ def config_dir() -> Path:
     return installed if (installed / "config.yaml").is_file() else package.parent / "configs"
 
 
+def optimizer_config_class(name: str) -> type[OptimizerConfig]:
+    """The config dataclass the optimizer `name` registered (unknown name: ConfigError listing them)."""
+    from rlprompt.optimizers.base import OPTIMIZER_CONFIGS
+
+    return OPTIMIZER_CONFIGS.get(name)
+
+
+def every_optimizer_field() -> list[str]:
+    """The union of every registered optimizer's fields, in first-seen order."""
+    import dataclasses
+
+    from rlprompt.optimizers.base import OPTIMIZER_CONFIGS
+
+    names = [f.name for n in OPTIMIZER_CONFIGS.names() for f in dataclasses.fields(OPTIMIZER_CONFIGS.get(n))]
+    return list(dict.fromkeys(names))
+
+
+def optimizer_name(cfg: DictConfig | dict) -> str:
+    """`optimizer.name` of a composed or partial config ("ppo" when it names none)."""
+    section = cfg.get("optimizer") if hasattr(cfg, "get") else None
+    name = section.get("name") if hasattr(section, "get") else None
+    return str(name) if name is not None else OptimizerConfig.name
+
+
 def validate(cfg: DictConfig | dict) -> RunConfig:
-    """Merge a composed config into `RunConfig`; raise `ConfigError` naming the bad key."""
-    schema = OmegaConf.structured(RunConfig)
+    """Merge a composed config into `RunConfig`; raise `ConfigError` naming the bad key.
+
+    The optimizer section is checked against the dataclass of the optimizer it names.
+    """
+    optimizer = optimizer_name(cfg)
+    schema = OmegaConf.structured(RunConfig(optimizer=optimizer_config_class(optimizer)()))
     try:
         merged = OmegaConf.merge(schema, cfg)
         run: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
@@ -239,7 +230,7 @@ def validate(cfg: DictConfig | dict) -> RunConfig:
         key = getattr(err, "full_key", None) or "?"
         detail = str(getattr(err, "msg", None) or err).strip().splitlines()[0]
         section, _, name = key.rpartition(".")
-        valid = section_fields(section)
+        valid = section_fields(section, optimizer)
         if valid is not None and name not in valid:  # an unknown key: list the known ones
             where = f"'{section}'" if section else "the top level"
             detail = f"{where} has no field '{name}'. Valid fields: {', '.join(valid)}"
@@ -247,9 +238,28 @@ def validate(cfg: DictConfig | dict) -> RunConfig:
     return run
 
 
-def section_fields(path: str) -> list[str] | None:
+def validate_recorded(cfg: DictConfig | dict) -> RunConfig:
+    """`validate` for a config a run recorded (summary.json, .hydra/config.yaml, latest.json).
+
+    Runs from before the per-optimizer configs recorded one flat optimizer section holding every
+    method's settings; the keys the named method does not have never affected it and are dropped.
+    A key the method has is validated as always.
+    """
+    import dataclasses
+
+    data = OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    section = data.get("optimizer")
+    if isinstance(section, dict):
+        keys = {f.name for f in dataclasses.fields(optimizer_config_class(optimizer_name(data)))}
+        data["optimizer"] = {k: v for k, v in section.items() if k in keys}
+    return validate(data)
+
+
+def section_fields(path: str, optimizer: str = OptimizerConfig.name) -> list[str] | None:
     """Field names of the config section at dotted `path` ("" = top level), or None when it is
-    not a dataclass section (a free-form dict such as `reward.modules`, a list, a value)."""
+    not a dataclass section (a free-form dict such as `reward.modules`, a list, a value).
+    `optimizer` names the optimizer whose dataclass the `optimizer` section is ("*": the fields
+    of every optimizer)."""
     import dataclasses
     import typing
 
@@ -260,5 +270,7 @@ def section_fields(path: str) -> list[str] | None:
         hints = typing.get_type_hints(cls)
         if part not in hints:
             return None
-        cls = hints[part]
+        if cls is RunConfig and part == "optimizer" and optimizer == "*":
+            return every_optimizer_field() if path == part else None
+        cls = optimizer_config_class(optimizer) if cls is RunConfig and part == "optimizer" else hints[part]
     return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else None

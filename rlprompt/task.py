@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -92,6 +91,12 @@ class Scenario:
     @property
     def context(self) -> tuple[str, str, str]:
         return (self.persona, self.stage, self.urgency)
+
+    @classmethod
+    def for_context(cls, context: tuple[str, str, str]) -> Scenario:
+        """A placeholder scenario that carries only a context (for per-context prompt writers)."""
+        persona, stage, urgency = context
+        return cls(id="", persona=persona, stage=stage, urgency=urgency, customer="-")
 
     def context_text(self) -> str:
         """The string the context-conditioned policy reads."""
@@ -173,7 +178,7 @@ class Task:
 
         by_id = {s.id: s for s in self.scenarios}
         rows = {
-            name: [{**s.__dict__, "history": json.dumps(s.history)} for s in (by_id[i] for i in ids)]
+            name: [{**asdict(s), "history": json.dumps(s.history)} for s in (by_id[i] for i in ids)]
             for name, ids in self.split_ids.items()
         }
         return DatasetDict(
@@ -218,18 +223,22 @@ def resolve_task_folder(name: str, path: str | None = None) -> Path:
 
 
 def load_task(name: str, path: str | None = None) -> Task:
+    """The validated task `name` (a packaged one, or the folder `path`); ConfigError names the file
+    and the field of any mistake."""
+    from rlprompt.task_validation import Fields, check_references, load_scenarios, read_text
+
     folder = resolve_task_folder(name, path)
     domain_file = folder / "domain.yaml"
     try:
-        raw = yaml.safe_load(_read_text(domain_file))
+        raw = yaml.safe_load(read_text(domain_file))
     except yaml.YAMLError as err:
         raise ConfigError(f"{domain_file}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{domain_file}: expected a mapping at the top level")
-    d = _Fields(raw, domain_file)
+    d = Fields(raw, domain_file)
     personas = [
         Persona(
-            **_Fields(p, domain_file, f"personas[{i}]").take(
+            **Fields(p, domain_file, f"personas[{i}]").take(
                 name=str, description=str, needs=list, preferred_tone=str, concern_keywords=list
             )
         )
@@ -237,7 +246,7 @@ def load_task(name: str, path: str | None = None) -> Task:
     ]
     stages = [
         Stage(
-            **_Fields(s, domain_file, f"stages[{i}]").take(
+            **Fields(s, domain_file, f"stages[{i}]").take(
                 name=str, goal=str, expects=list, reference_replies=list
             )
         )
@@ -245,18 +254,16 @@ def load_task(name: str, path: str | None = None) -> Task:
     ]
     urgency = [
         UrgencyLevel(
-            **_Fields(u, domain_file, f"urgency_levels[{i}]").take(
-                name=str, description=str, pressure_ok=bool
-            )
+            **Fields(u, domain_file, f"urgency_levels[{i}]").take(name=str, description=str, pressure_ok=bool)
         )
         for i, u in enumerate(d.require("urgency_levels", list))
     ]
     components = [
-        Component(**_Fields(c, domain_file, f"components[{i}]").take(name=str, phrase=str))
+        Component(**Fields(c, domain_file, f"components[{i}]").take(name=str, phrase=str))
         for i, c in enumerate(d.require("components", list))
     ]
     rubric = Rubric(
-        **_Fields(d.require("rubric", dict), domain_file, "rubric").take(
+        **Fields(d.require("rubric", dict), domain_file, "rubric").take(
             next_step_keywords=list,
             pressure_phrases=list,
             optional=dict(
@@ -265,7 +272,7 @@ def load_task(name: str, path: str | None = None) -> Task:
         )
     )
     splits = SplitSpec(
-        **_Fields(d.require("splits", dict), domain_file, "splits").take(
+        **Fields(d.require("splits", dict), domain_file, "splits").take(
             heldout_personas=list, optional=dict(val_fraction=float, test_fraction=float, seed=int)
         )
     )
@@ -284,161 +291,9 @@ def load_task(name: str, path: str | None = None) -> Task:
         max_components=d.require("max_components", int),
         rubric=rubric,
         splits=splits,
-        scenarios=_load_scenarios(folder / "scenarios.jsonl"),
+        scenarios=load_scenarios(folder / "scenarios.jsonl"),
         folder=folder,
     )
     d.reject_unknown()
-    _check_references(task, domain_file)
+    check_references(task, domain_file)
     return task
-
-
-class _Fields:
-    """Typed access to a YAML mapping that names the file and the field path in every error."""
-
-    def __init__(self, raw: Any, file: Path, where: str = "") -> None:
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{file}: field '{where}' must be a mapping, got {type(raw).__name__}")
-        self.raw, self.file, self.where, self.seen = raw, file, where, set()
-
-    def _path(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def require(self, key: str, kind: type) -> Any:
-        self.seen.add(key)
-        if key not in self.raw:
-            raise ConfigError(f"{self.file}: missing required field '{self._path(key)}'")
-        return self._typed(key, kind)
-
-    def _typed(self, key: str, kind: type) -> Any:
-        value = self.raw[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(
-                f"{self.file}: field '{self._path(key)}' must be {kind.__name__}, got {type(value).__name__} ({value!r})"
-            )
-        return value
-
-    def take(self, optional: dict[str, type] | None = None, **required: type) -> dict[str, Any]:
-        out = {key: self.require(key, kind) for key, kind in required.items()}
-        for key, kind in (optional or {}).items():
-            self.seen.add(key)
-            if key in self.raw:
-                out[key] = self._typed(key, kind)
-        self.reject_unknown()
-        return out
-
-    def reject_unknown(self) -> None:
-        unknown = sorted(set(self.raw) - self.seen)
-        if unknown:
-            raise ConfigError(
-                f"{self.file}: unknown field '{self._path(unknown[0])}'. Valid fields here: {', '.join(sorted(self.seen))}"
-            )
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding=TEXT_ENCODING)
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text ({err}); save it as UTF-8") from err
-
-
-def _load_scenarios(path: Path) -> list[Scenario]:
-    if not path.exists():
-        raise ConfigError(
-            f"{path}: scenario file is missing (one JSON object per line, see docs/TASK_FORMAT.md)"
-        )
-    scenarios = []
-    for line_no, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}:{line_no}: not valid JSON ({err.msg})") from err
-        fields = _Fields(row, path, f"line {line_no}")
-        values = fields.take(
-            id=str, persona=str, stage=str, urgency=str, customer=str, optional=dict(history=list)
-        )
-        for turn in values.get("history", []):
-            if (
-                not isinstance(turn, dict)
-                or turn.get("role") not in ("user", "assistant")
-                or not isinstance(turn.get("content"), str)
-            ):
-                raise ConfigError(
-                    f"{path}:{line_no}: field 'history' must hold {{role: user|assistant, content: str}} turns"
-                )
-        if not values["customer"].strip():
-            raise ConfigError(f"{path}:{line_no}: field 'customer' is empty")
-        scenarios.append(Scenario(**values))
-    return scenarios
-
-
-def _check_references(task: Task, file: Path) -> None:
-    """Names used anywhere must be defined; every context needs scenarios."""
-
-    def unique(kind: str, names: list[str]) -> set[str]:
-        dupes = [n for n, c in Counter(names).items() if c > 1]
-        if dupes:
-            raise ConfigError(f"{file}: {kind} name '{dupes[0]}' is defined twice")
-        return set(names)
-
-    personas = unique("persona", [p.name for p in task.personas])
-    stages = unique("stage", [s.name for s in task.stages])
-    urgency = unique("urgency level", [u.name for u in task.urgency_levels])
-    components = unique("component", [c.name for c in task.components])
-    for s in task.stages:
-        bad = set(s.expects) - EXPECTS
-        if bad:
-            raise ConfigError(
-                f"{file}: stages[{s.name}].expects has '{sorted(bad)[0]}'. Valid: {', '.join(sorted(EXPECTS))}"
-            )
-        if not s.reference_replies:
-            raise ConfigError(f"{file}: stages[{s.name}].reference_replies is empty: add 3-5 good replies")
-    allowed = {"persona": personas, "stage": stages, "urgency": urgency}
-    for key, table in task.preferred_components.items():
-        if key not in allowed:
-            raise ConfigError(
-                f"{file}: preferred_components.{key} is unknown. Valid keys: persona, stage, urgency"
-            )
-        for value, names in table.items():
-            if value not in allowed[key]:
-                raise ConfigError(
-                    f"{file}: preferred_components.{key}.{value}: no {key} named '{value}'. "
-                    f"Valid: {', '.join(sorted(allowed[key]))}"
-                )
-            for name in names:
-                if name not in components:
-                    raise ConfigError(
-                        f"{file}: preferred_components.{key}.{value} names component '{name}'. "
-                        f"Valid components: {', '.join(sorted(components))}"
-                    )
-    for name in task.splits.heldout_personas:
-        if name not in personas:
-            raise ConfigError(
-                f"{file}: splits.heldout_personas names '{name}'. Valid personas: {', '.join(sorted(personas))}"
-            )
-    scenario_file = task.folder / "scenarios.jsonl"
-    ids = Counter(s.id for s in task.scenarios)
-    dupes = [i for i, c in ids.items() if c > 1]
-    if dupes:
-        raise ConfigError(f"{scenario_file}: scenario id '{dupes[0]}' appears twice")
-    for s in task.scenarios:
-        for key, value, valid in (
-            ("persona", s.persona, personas),
-            ("stage", s.stage, stages),
-            ("urgency", s.urgency, urgency),
-        ):
-            if value not in valid:
-                raise ConfigError(
-                    f"{scenario_file}: scenario '{s.id}' field '{key}' is '{value}'. Valid: {', '.join(sorted(valid))}"
-                )
-    per_context = Counter(s.context for s in task.scenarios)
-    for persona, stage, level in task.contexts:
-        n = per_context[(persona, stage, level)]
-        if n < MIN_SCENARIOS_PER_CONTEXT:
-            raise ConfigError(
-                f"{scenario_file}: context persona='{persona}' stage='{stage}' urgency='{level}' has {n} "
-                f"scenarios; every context needs at least {MIN_SCENARIOS_PER_CONTEXT}"
-            )

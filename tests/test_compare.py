@@ -15,12 +15,13 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from rlprompt.checkpoint import write_json
-from rlprompt.comparison import EVAL_SPLITS, MODES, MethodRecord, assemble_results, plan_runs
 from rlprompt.config import validate
-from rlprompt.evaluation import EvalResult, select_scenarios
+from rlprompt.evaluation.evaluate import EvalResult, select_scenarios
+from rlprompt.experiments.comparison import EVAL_SPLITS, MODES, MethodRecord, assemble_results, plan_runs
+from rlprompt.experiments.report import write_report
 from rlprompt.optimizers.base import OptimizerResult
-from rlprompt.report import write_report
+from rlprompt.ppo.checkpoint import write_json
+from rlprompt.prompt_set import PromptSet
 from rlprompt.task import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +62,9 @@ def fake_report(out: Path, seeds: dict[str, list[int]], reward=None, max_scenari
         for seed in label_seeds:
             prompts = hand_made(label.split("-")[0], f"learned by {label} seed {seed}")
             run_dir = out / "runs" / label / f"seed{seed}"
-            result = OptimizerResult(prompts["method"], seed, prompts, [(0, 0.1), (8, 0.2)], 8, 24)
+            result = OptimizerResult(
+                prompts["method"], seed, PromptSet.from_dict(prompts), [(0, 0.1), (8, 0.2)], 8, 24
+            )
             result.run_dir = str(run_dir)
             run_dir.mkdir(parents=True)
             write_json(run_dir / "prompts.json", prompts)
@@ -94,7 +97,10 @@ def test_plans_compose_from_the_real_configs(mode):
         planned = plan_runs(composer, ["optimizer.score_subset=3"], budget=40, seeds=[0, 1], mode=mode)
     assert [p.label for p in planned] == [s.label for s in MODES[mode] for _ in (0, 1)]
     for plan in planned:
-        assert plan.run.optimizer.budget == 40 and plan.run.optimizer.score_subset == 3
+        assert plan.run.optimizer.budget == 40
+        # a method-specific override reaches every method that has the key, and only those
+        scored = plan.run.optimizer.name not in ("ppo", "components")
+        assert getattr(plan.run.optimizer, "score_subset", None) == (3 if scored else None)
         assert plan.run.optimizer.name == plan.label.split("-")[0]
     by_label = {p.label: p.run for p in planned if p.seed == 1}
     assert {p.run.seed for p in planned} == {0, 1}
@@ -172,7 +178,7 @@ def test_small_real_comparison_writes_the_whole_report(tmp_path):
 
 def test_seed_ci_resamples_scenarios_as_clusters(tmp_path):
     """Seeds that agree per scenario add no information: the CI must be that of the scenario means."""
-    from rlprompt.evaluation import bootstrap_ci
+    from rlprompt.evaluation.evaluate import bootstrap_ci
 
     def scenario_value(label, i):  # the same for every seed: seeds perfectly correlated per scenario
         return float(np.random.default_rng([len(label), i]).uniform()) + (0.05 if label == "ppo" else 0.0)
@@ -210,12 +216,12 @@ def test_report_tests_each_split_by_the_paired_difference(tmp_path):
 
 
 def _terms_in_effect(opt) -> dict[str, bool]:
-    """Measured on rlprompt.ppo.stabilize: does each stabilizer / loss term change anything?"""
+    """Measured on rlprompt.ppo.losses.stabilize: does each stabilizer / loss term change anything?"""
     import dataclasses
 
     import torch
 
-    from rlprompt.ppo import StabilizerConfig, stabilize
+    from rlprompt.ppo.losses import StabilizerConfig, stabilize
 
     group_size = opt.prompts_per_context
     reward = torch.rand(400 * group_size, generator=torch.Generator().manual_seed(0))  # raw, in [0, 1]
@@ -240,7 +246,7 @@ def _terms_in_effect(opt) -> dict[str, bool]:
 def test_every_ablation_switches_off_exactly_one_term():
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         planned = plan_runs(composer, [], budget=40, seeds=[0], mode="ablation")
-    from rlprompt.comparison import policy_terms
+    from rlprompt.experiments.comparison import policy_terms
 
     runs = {p.label: p.run for p in planned}
 
@@ -269,19 +275,19 @@ def test_every_ablation_switches_off_exactly_one_term():
 
 
 def test_terms_in_effect_match_the_stabilizer_and_guard_the_ablation():
-    from rlprompt.comparison import terms_in_effect
-    from rlprompt.config import OptimizerConfig
     from rlprompt.errors import ConfigError
+    from rlprompt.experiments.comparison import terms_in_effect
+    from rlprompt.ppo.config import PPOConfig
 
     for opt in [
-        OptimizerConfig(),
-        OptimizerConfig(zscore=False),
-        OptimizerConfig(prompts_per_context=11),  # sqrt(10) > 3: the clip can fire on z-scores
-        OptimizerConfig(prompts_per_context=10),  # sqrt(9) = 3: it cannot
-        OptimizerConfig(zscore=False, shaping_scale=2.0),
-        OptimizerConfig(zscore=False, reward_clip=0.0),
-        OptimizerConfig(zscore_min_std=0.15, stratify_stages=True),
-        OptimizerConfig(zscore=False, zscore_min_std=0.15),  # no z-score: the floor is inert
+        PPOConfig(),
+        PPOConfig(zscore=False),
+        PPOConfig(prompts_per_context=11),  # sqrt(10) > 3: the clip can fire on z-scores
+        PPOConfig(prompts_per_context=10),  # sqrt(9) = 3: it cannot
+        PPOConfig(zscore=False, shaping_scale=2.0),
+        PPOConfig(zscore=False, reward_clip=0.0),
+        PPOConfig(zscore_min_std=0.15, stratify_stages=True),
+        PPOConfig(zscore=False, zscore_min_std=0.15),  # no z-score: the floor is inert
     ]:
         assert terms_in_effect(opt) == _terms_in_effect(opt), opt
     with (

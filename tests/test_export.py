@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from rlprompt.config import OptimizerConfig, validate
+from rlprompt.config import validate
 from rlprompt.errors import ConfigError
-from rlprompt.export import (
+from rlprompt.evaluation.export import (
     EXPORT_JSON,
     EXPORT_YAML,
     SCHEMA_VERSION,
@@ -26,9 +26,10 @@ from rlprompt.export import (
     config_hash,
     export,
     load_exported,
-    prompt_for,
     write_record,
 )
+from rlprompt.ppo.config import PPOConfig
+from rlprompt.prompt_set import PromptSet
 from rlprompt.task import load_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +56,7 @@ def hand_made(method: str = "manual", learned: str = "Ask one question, then sug
 
 
 def test_export_writes_text_json_yaml_with_same_content(tmp_path):
-    record = build_record(hand_made())
+    record = build_record(PromptSet.from_dict(hand_made()))
     write_record(record, tmp_path)
     as_json = json.loads((tmp_path / EXPORT_JSON).read_text())
     as_yaml = yaml.safe_load((tmp_path / EXPORT_YAML).read_text())
@@ -70,21 +71,21 @@ def test_export_writes_text_json_yaml_with_same_content(tmp_path):
 
 def test_loaded_export_matches_prompts_json_shape_and_lookup(tmp_path):
     prompts = hand_made()
-    write_record(build_record(prompts), tmp_path)
+    write_record(build_record(PromptSet.from_dict(prompts)), tmp_path)
     loaded = load_exported(tmp_path)  # a folder works too
-    assert {k: v for k, v in loaded.items() if k != "evaluation"} == prompts
+    assert {k: v for k, v in loaded.to_dict().items() if k != "evaluation"} == prompts
     task = load_task("car_sales")
     for scenario in task.split("test")[:20]:
         key = "|".join(scenario.context)
         expected = prompts["per_context"].get(key, prompts["task_level"])["system_prompt"]
-        assert prompt_for(loaded)(scenario) == expected
+        assert loaded.system_prompt_for(scenario) == expected
 
 
 def test_unsafe_context_names_give_safe_unique_files(tmp_path):
     prompts = hand_made()
     entry = prompts["task_level"]
     prompts["per_context"] = {"a/b|x y|z": dict(entry), "a b|x/y|z": dict(entry), "..|.|.": dict(entry)}
-    record = build_record(prompts)
+    record = build_record(PromptSet.from_dict(prompts))
     files = [e["file"] for e in record["per_context"].values()]
     assert len(set(files)) == 3
     for f in files:
@@ -100,11 +101,11 @@ def test_export_rejects_control_characters_and_empty_prompts_naming_the_context(
     key = next(iter(prompts["per_context"]))
     prompts["per_context"][key]["text"] = bad
     with pytest.raises(ConfigError, match=rf"context '{key}'"):
-        build_record(prompts)
+        build_record(PromptSet.from_dict(prompts))
 
 
 def test_newer_schema_is_refused(tmp_path):
-    record = {**build_record(hand_made()), "schema_version": SCHEMA_VERSION + 1}
+    record = {**build_record(PromptSet.from_dict(hand_made())), "schema_version": SCHEMA_VERSION + 1}
     (tmp_path / "p.json").write_text(json.dumps(record))
     with pytest.raises(ConfigError, match="newer"):
         load_exported(tmp_path / "p.json")
@@ -135,7 +136,7 @@ def test_secrets_never_reach_the_export_or_the_hash(tmp_path, monkeypatch):
 
 
 def test_config_hash_is_canonical():
-    default_lr = OptimizerConfig().lr
+    default_lr = PPOConfig().lr
     assert config_hash({}) == config_hash({"seed": 0, "optimizer": {"lr": default_lr}})  # defaults filled in
     assert config_hash({"seed": 1}) != config_hash({})
 
@@ -150,7 +151,7 @@ def test_report_folder_layout_exports_one_folder_per_method(tmp_path):
     (report / "prompts" / "bandit.json").write_text(json.dumps(hand_made("bandit")))
     written = export(report)
     assert [p.parent.name for p in written] == ["bandit", "opro"]
-    assert load_exported(report / "export" / "opro")["evaluation"] == evaluation
+    assert load_exported(report / "export" / "opro").evaluation == evaluation
     with pytest.raises(ConfigError, match="not a run folder"):
         export(tmp_path / "report" / "prompts")
 
@@ -198,9 +199,9 @@ TINY = [
 
 @pytest.mark.slow
 def test_trained_run_round_trip_is_bit_identical(tmp_path):
-    from rlprompt.evaluation import evaluate
-    from rlprompt.export import evaluate_exported, verify_against_summary
-    from rlprompt.training_run import prompt_lookup, run_training
+    from rlprompt.evaluation.evaluate import Evaluator
+    from rlprompt.evaluation.export import evaluate_exported, verify_against_summary
+    from rlprompt.ppo.run import run_training
 
     run = composed(TINY)
     run_dir = tmp_path / "run"
@@ -222,15 +223,9 @@ def test_trained_run_round_trip_is_bit_identical(tmp_path):
     target = build_target(uncached.target, None)
     reward = reward_from_config(uncached.reward, task, None)
     from_export = evaluate_exported(written.with_suffix(".yaml"), uncached, "test", target, reward)
-    original = evaluate(
-        task,
-        "test",
-        prompt_lookup(json.loads((run_dir / "prompts.json").read_text())),
-        target,
-        reward.reward,
-        generation_params(uncached.target, uncached.seed),
-        uncached.eval.max_scenarios,
-    )
+    original = Evaluator(
+        task, target, reward, generation_params(uncached.target, uncached.seed), uncached.eval.max_scenarios
+    ).evaluate("test", PromptSet.from_dict(json.loads((run_dir / "prompts.json").read_text())))
     assert target.counter.calls == 2 * len(original.rewards)  # both generated afresh
     assert from_export.system_prompts == original.system_prompts
     assert np.array_equal(from_export.rewards, original.rewards)

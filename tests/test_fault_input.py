@@ -21,8 +21,8 @@ import pytest
 
 from rlprompt.cli import check_overrides
 from rlprompt.config import validate
+from rlprompt.env.prompting import check_prompt_text
 from rlprompt.errors import ConfigError, RewardError
-from rlprompt.prompting import check_prompt_text
 from rlprompt.rewards.base import RewardFunction, RewardResult, Sample
 from rlprompt.task import load_task
 
@@ -80,8 +80,8 @@ def cases(tmp: Path) -> dict[str, tuple[Path, list[str], list[str]]]:
     (tmp / "control.txt").write_text("Be warm.\x07\x1b[31m Ask questions.")
     run_dir = f"hydra.run.dir={tmp / 'runs' / 'x'}"
     return {
-        "unknown key": (TRAIN, ["optimizer.lrr=1e-4"], ["'optimizer.lrr'", "Did you mean 'optimizer.lr'?", "Valid fields: name, budget, steps"]),
-        "unknown key added": (TRAIN, ["+optimizer.lrr=1e-4"], ["'optimizer.lrr'", "Valid fields: name, budget, steps"]),
+        "unknown key": (TRAIN, ["optimizer.lrr=1e-4"], ["'optimizer.lrr'", "Did you mean 'optimizer.lr'?", "Valid fields: name, budget, private_cache, steps"]),
+        "unknown key added": (TRAIN, ["+optimizer.lrr=1e-4"], ["'optimizer.lrr'", "Valid fields: name, budget, private_cache, steps"]),
         "unknown group": (TRAIN, ["optimiser.lr=1"], ["'optimiser.lr'", "Did you mean 'optimizer'?", "Valid fields: task, target"]),
         "wrong type": (TRAIN, ["optimizer.steps=many"], ["'optimizer.steps'", "'many'", "Integer"]),
         "unknown task option": (TRAIN, ["task=nope_task"], ["unknown task 'nope_task'", "Valid task names: car_sales, saas_renewal"]),
@@ -300,9 +300,9 @@ def test_lora_with_component_actions_is_refused_before_any_model_loads(tmp_path)
 def test_lora_guard_in_the_policy_and_in_the_comparison_plan():
     from hydra import compose, initialize_config_dir
 
-    from rlprompt.comparison import plan_runs
     from rlprompt.config import PolicyConfig
-    from rlprompt.policy import PromptPolicy
+    from rlprompt.experiments.comparison import plan_runs
+    from rlprompt.policy.policy import PromptPolicy
 
     cfg = PolicyConfig(action_space="components", head="lora")
     with pytest.raises(ConfigError) as info:  # before the backbone is touched: None would fail later
@@ -332,7 +332,7 @@ def test_a_long_scenario_fails_fast_before_generation_naming_it(monkeypatch):
 
     from rlprompt.build import build_target
     from rlprompt.config import TargetConfig
-    from rlprompt.conversation import run_conversations
+    from rlprompt.env.conversation import run_conversations
     from rlprompt.errors import UserError
     from rlprompt.targets.base import GenerationParams
 
@@ -359,11 +359,11 @@ def test_a_long_scenario_fails_fast_before_generation_naming_it(monkeypatch):
 
 @pytest.mark.slow
 def test_a_policy_prefix_over_the_backbone_window_is_refused_before_the_backbone_runs(monkeypatch):
-    import rlprompt.action_spaces as action_spaces
+    import rlprompt.policy.action_spaces as action_spaces
     from rlprompt.config import PolicyConfig
     from rlprompt.errors import UserError
     from rlprompt.models import load_model
-    from rlprompt.policy import PromptPolicy
+    from rlprompt.policy.policy import PromptPolicy
 
     backbone, tokenizer = load_model("smollm2-135m-instruct", "float32")
     cfg = PolicyConfig(prefix_template="{context} " + LONG_TURN * 3)  # ~9,000 tokens

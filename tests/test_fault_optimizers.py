@@ -51,7 +51,7 @@ DRIVER = textwrap.dedent(
         "target": {"name": "slow_echo"},
         "reward": {"modules": {"rubric": 1.0, "length": 0.5}},
         "optimizer": {"name": name, "steps": steps, "score_subset": 3, "optimizer_target": "slow_scripted",
-                      "retire_every": 6, "portfolio_size": 8},
+                      **({"retire_every": 6, "portfolio_size": 8} if name == "bandit" else {})},
         "cache": {"path": str(Path(run_dir).parent / (Path(run_dir).name + "-shared.sqlite"))},
         "threads": 1,
     }

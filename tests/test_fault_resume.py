@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlprompt.checkpoint import Checkpointer
 from rlprompt.errors import UserError
+from rlprompt.ppo.checkpoint import Checkpointer
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "scripts" / "train.py"
@@ -186,7 +186,7 @@ def test_a_kill_between_checkpoint_writes_leaves_the_previous_checkpoint_whole(t
     saver = Checkpointer(folder, rank=0, is_main=True)
     saver.save(1, {"step": 1, "w": torch.ones(3)}, {"rng": 1})
 
-    import rlprompt.checkpoint as checkpoint_module
+    import rlprompt.ppo.checkpoint as checkpoint_module
 
     real_replace = os.replace
 
@@ -306,8 +306,8 @@ def test_a_checkpoint_without_a_recorded_config_is_compared_with_the_runs_hydra_
 
     from omegaconf import OmegaConf
 
-    from rlprompt.checkpoint import check_resume
     from rlprompt.config import RunConfig
+    from rlprompt.ppo.checkpoint import check_resume
 
     run = RunConfig()
     (tmp_path / ".hydra").mkdir()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rlprompt.learning import LearningLog, plot_learning_curve, reward_rise
-from rlprompt.training_run import verdict_line
+from rlprompt.ppo.learning import LearningLog, plot_learning_curve, reward_rise
+from rlprompt.ppo.run import verdict_line
 
 
 def test_samples_pool_repeated_draws_and_candidates_put_greedy_first():
@@ -62,7 +62,7 @@ def test_verdict_line_states_the_paired_result():
 def test_step_diagnostics_count_distinct_prompts_and_near_ties():
     import torch
 
-    from rlprompt.learning import step_diagnostics
+    from rlprompt.ppo.learning import step_diagnostics
 
     group = torch.tensor([0, 0, 1, 1, 2])  # group 2 has one member: no spread to measure
     reward = torch.tensor([0.50, 0.51, 0.0, 1.0, 0.3])

@@ -19,9 +19,11 @@ import yaml
 from scipy import integrate, special, stats
 
 from rlprompt.build import TARGETS
-from rlprompt.config import OptimizerConfig, validate
+from rlprompt.config import validate
+from rlprompt.errors import ConfigError
 from rlprompt.optimizers import OPTIMIZERS, run_optimizer
 from rlprompt.optimizers.bandit import mutant_prior, retire_probability
+from rlprompt.optimizers.base import OPTIMIZER_CONFIGS
 from rlprompt.optimizers.llm import extract_instruction, filter_candidates
 from rlprompt.optimizers.opro import render_meta_prompt
 from rlprompt.targets.base import Reply
@@ -64,16 +66,23 @@ for _name, _cls in (("echo_opt", EchoTarget), ("scripted_llm", ScriptedLLM)):
         TARGETS.register(_name)(lambda cfg, retry_counter, _cls=_cls: _cls())
 
 
+FAKE_SETTINGS = {
+    "score_subset": 3,
+    "optimizer_target": "scripted_llm",
+    "retire_every": 6,
+    "portfolio_size": 8,
+}
+
+
 def fake_run(name: str, tmp_path: Path, **optimizer) -> dict:
+    """A small run of `name` on the echo target; FAKE_SETTINGS where the method has such a key."""
+    valid = {f.name for f in fields(OPTIMIZER_CONFIGS.get(name))}
     return {
         "target": {"name": "echo_opt"},
         "reward": {"modules": {"rubric": 1.0, "length": 0.5}},
         "optimizer": {
             "name": name,
-            "score_subset": 3,
-            "optimizer_target": "scripted_llm",
-            "retire_every": 6,
-            "portfolio_size": 8,
+            **{k: v for k, v in FAKE_SETTINGS.items() if k in valid},
             **optimizer,
         },
         "cache": {"path": str(tmp_path / "shared.sqlite")},
@@ -167,17 +176,22 @@ def test_mutant_prior_inherits_mean_with_effective_sample_size():
 # ---------------------------------------------------------------------- configs
 
 
-def test_common_optimizer_yaml_lists_every_config_field():
-    common = yaml.safe_load((CONFIGS / "optimizer" / "common.yaml").read_text())
-    assert set(common) == {f.name for f in fields(OptimizerConfig)}
-    for f in fields(OptimizerConfig):
-        assert common[f.name] == f.default, f.name
-
-
-def test_every_optimizer_has_a_config_file():
+def test_every_optimizer_has_a_config_file_listing_exactly_its_dataclass_fields():
+    """Every key of the method's dataclass is in its file (so `optimizer.<key>=` overrides work
+    without `+`), and no other method's key is."""
     for name in OPTIMIZERS.names():
         raw = yaml.safe_load((CONFIGS / "optimizer" / f"{name}.yaml").read_text())
-        assert raw["name"] == name and raw["defaults"][0] == "common"
+        assert raw["name"] == name and "defaults" not in raw
+        assert set(raw) == {f.name for f in fields(OPTIMIZER_CONFIGS.get(name))}, name
+
+
+def test_a_key_of_another_optimizer_lists_this_optimizers_keys():
+    with pytest.raises(
+        ConfigError,
+        match=r"'optimizer' has no field 'lr'. Valid fields: name, budget, private_cache, score_subset, steps",
+    ):
+        validate({"optimizer": {"name": "opro", "lr": 1e-4}})
+    assert set(OPTIMIZER_CONFIGS.names()) == set(OPTIMIZERS.names())
 
 
 # ---------------------------------------------------------------------- budgets and resume
@@ -186,11 +200,16 @@ def test_every_optimizer_has_a_config_file():
 @pytest.mark.parametrize("name", ["manual", "template", "random", "opro", "bandit"])
 @pytest.mark.parametrize("budget", [2, 13])
 def test_prompt_search_never_exceeds_its_budget(tmp_path, name, budget):
-    run = validate(fake_run(name, tmp_path, budget=budget, steps=50))
+    steps = {} if name in ("manual", "template") else {"steps": 50}  # those two have no steps
+    run = validate(fake_run(name, tmp_path, budget=budget, **steps))
     result = run_optimizer(run, tmp_path / name)
     assert result.target_calls <= budget
     assert all(calls <= budget for calls, _ in result.curve)
-    assert result.prompts["task_level"]["system_prompt"].strip()
+    assert result.prompts.task_level.system_prompt.strip()
+    expected_source = {"manual": "hand-written", "template": "rules", "random": "uniform over allowed tokens"}
+    assert result.prompts.source_model == expected_source.get(
+        name, "smollm2-135m-instruct"
+    )  # opro, bandit: their LLM
     assert (tmp_path / name / "prompts.json").exists() and (tmp_path / name / "result.json").exists()
 
 
@@ -222,5 +241,5 @@ def test_ppo_wrappers_never_exceed_their_budget(tmp_path, name):
     result = run_optimizer(validate(run), tmp_path / name)
     assert 0 < result.target_calls <= 13  # one step of 8 calls; the second would overspend
     assert result.extra["steps"] == 1 and len(result.curve) == 1
-    assert result.prompts["method"] == name
-    assert result.prompts["action_space"] == ("components" if name == "components" else "tokens")
+    assert result.prompts.method == name
+    assert result.prompts.action_space == ("components" if name == "components" else "tokens")

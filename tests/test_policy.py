@@ -7,10 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from rlprompt.action_spaces import allowed_token_mask, encode_prefixes, position_ids
 from rlprompt.config import PolicyConfig
 from rlprompt.models import load_model
-from rlprompt.policy import PromptPolicy
+from rlprompt.policy.action_spaces import allowed_token_mask, encode_prefixes, position_ids
+from rlprompt.policy.policy import PromptPolicy
 from rlprompt.task import load_task
 
 pytestmark = pytest.mark.slow
@@ -152,7 +152,7 @@ def test_teacher_forced_hidden_feeds_the_backbone_on_its_device():
     device. A stub backbone on the `meta` device records what it is given."""
     from types import SimpleNamespace
 
-    from rlprompt.action_spaces import TokenActions
+    from rlprompt.policy.action_spaces import TokenActions
 
     class Tokenizer:
         bos_token = None

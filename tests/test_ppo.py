@@ -1,11 +1,11 @@
-"""ppo.py against hand-computed numbers."""
+"""rlprompt/ppo/losses.py against hand-computed numbers."""
 
 import math
 
 import pytest
 import torch
 
-from rlprompt import ppo
+from rlprompt.ppo import losses as ppo
 
 
 def test_linear_shaping_maps_range_onto_zero_to_scale():

@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rlprompt.config import RewardConfig, validate
-from rlprompt.conversation import run_conversations
+from rlprompt.env.conversation import run_conversations
 from rlprompt.errors import ConfigError, RewardError
 from rlprompt.rewards import REWARDS, RewardFunction, RewardResult, Sample, reward_from_config
 from rlprompt.targets.base import GenerationParams, Reply

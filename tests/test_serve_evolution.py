@@ -13,7 +13,7 @@ import httpx2 as httpx
 import pytest
 from serve_support import ThreadServer, serve_run
 
-from rlprompt.bandit_math import mutant_prior
+from rlprompt.optimizers.bandit_math import mutant_prior
 from rlprompt.serve.app import create_app
 from rlprompt.serve.gateway import Gateway
 from rlprompt.targets.cache import CachedTarget

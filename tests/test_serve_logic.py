@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from rlprompt.bandit_math import beta_update, beta_update_many, posterior_mean, shrunk_posterior
 from rlprompt.cli import check_overrides
 from rlprompt.config import config_dir
 from rlprompt.errors import ConfigError
-from rlprompt.export import build_record, write_record
+from rlprompt.evaluation.export import build_record, write_record
+from rlprompt.optimizers.bandit_math import beta_update, beta_update_many, posterior_mean, shrunk_posterior
+from rlprompt.prompt_set import PromptSet
 from rlprompt.serve import store
 from rlprompt.serve.portfolio import Arm, Counts, Portfolio, Snapshot, context_key, portfolio_arms
 from rlprompt.task import load_task
@@ -77,7 +78,7 @@ def test_portfolio_arms_from_exports_text_files_and_the_task(tmp_path):
         "task_level": entry,
         "per_context": {"Newbie|Introduction|low": {**entry, "system_prompt": "For newbies, gently."}},
     }  # fmt: skip
-    write_record(build_record(prompts), tmp_path / "export")
+    write_record(build_record(PromptSet.from_dict(prompts)), tmp_path / "export")
     (tmp_path / "mine.txt").write_text("A hand-written prompt.\n")
     specs = portfolio_arms([str(tmp_path / "export"), str(tmp_path / "mine.txt")], ["Inline prompt."], TASK)
     assert [(s.text, s.context, s.origin) for s in specs] == [

@@ -20,7 +20,7 @@ import httpx2 as httpx
 import pytest
 from serve_support import free_port, fresh_database, postgres_url, serve_run  # noqa: F401 (fixture)
 
-from rlprompt.bandit_math import beta_update
+from rlprompt.optimizers.bandit_math import beta_update
 from rlprompt.serve.gateway import ChatInput, FeedbackInput, Gateway
 from rlprompt.targets.cache import CachedTarget
 from rlprompt.task import load_task

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from serve_support import ThreadServer, serve_run
 
+from rlprompt.ppo.trainer import reward_bounds
 from rlprompt.rewards.base import Sample
 from rlprompt.rewards.factory import reward_from_config
 from rlprompt.serve.app import create_app
@@ -25,7 +26,6 @@ from rlprompt.serve.gateway import Gateway
 from rlprompt.targets.base import GenerationParams
 from rlprompt.targets.cache import CachedTarget
 from rlprompt.task import load_task
-from rlprompt.trainer import reward_bounds
 
 TASK = load_task("car_sales")
 CONVERSATIONS, POOL, MAX_TOKENS, MAX_DELAY = 1000, 12, 32, 40

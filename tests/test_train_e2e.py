@@ -153,7 +153,7 @@ def test_two_cpu_processes_split_rollouts_and_stay_in_sync(tmp_path):
 
 def test_a_budgeted_run_evaluates_outside_the_budget_and_writes_its_summary(tmp_path):
     """optimizer.budget limits the optimization only: evaluation has its own counter (as in
-    rlprompt/comparison.py), so a run whose budget ends training still evaluates and reports both."""
+    rlprompt/experiments/comparison.py), so a run whose budget ends training still evaluates and reports both."""
     run_dir = tmp_path / "run"
     # 4 calls per step (2 contexts × 2 prompts): step 1 fits in 6, step 2 does not; 2 calls are left,
     # against 16 for the evaluation (2 splits × 4 scenarios × learned and base instruction)

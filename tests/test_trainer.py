@@ -14,10 +14,11 @@ import torch
 
 from rlprompt.build import TARGETS
 from rlprompt.config import validate
+from rlprompt.ppo.callbacks import CheckpointCallback
+from rlprompt.ppo.run import build_trainer
+from rlprompt.ppo.trainer import TASK_LEVEL_CONTEXT
 from rlprompt.rewards.base import REWARDS, RewardResult, register_reward
 from rlprompt.targets.base import Reply
-from rlprompt.trainer import TASK_LEVEL_CONTEXT
-from rlprompt.training_run import build_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -177,10 +178,10 @@ def test_each_rank_resumes_its_own_call_counters(tmp_path):
     spent = {0: (11, 5), 1: (3, 13)}  # rank → (calls, cache hits)
     for rank, trainer in ((1, rank1), (0, rank0)):  # rank 0 writes state.pt and latest.json last
         trainer.target.counter.calls, trainer.target.counter.cache_hits = spent[rank]
-        trainer.save()
+        trainer.callback(CheckpointCallback).save(trainer)
     for rank, trainer in ((0, rank0), (1, rank1)):
         trainer.target.counter.calls = trainer.target.counter.cache_hits = 0
-        trainer.load(tmp_path / "run")
+        trainer.callback(CheckpointCallback).load(trainer, tmp_path / "run")
         counter = trainer.target.counter
         assert (counter.calls, counter.cache_hits) == spent[rank], f"rank {rank}"
 
@@ -189,7 +190,7 @@ def test_resume_refuses_a_checkpoint_whose_head_does_not_match(tmp_path):
     from rlprompt.errors import UserError
 
     trainer = build_trainer(validate(make_run(tmp_path, "x", steps=1)), tmp_path / "run")
-    trainer.save()
+    trainer.callback(CheckpointCallback).save(trainer)
     state_file = tmp_path / "run" / "checkpoints" / "step_000000" / "state.pt"
     state = torch.load(state_file, weights_only=False)
     weights = state["policy"]
@@ -197,7 +198,7 @@ def test_resume_refuses_a_checkpoint_whose_head_does_not_match(tmp_path):
     weights[renamed.replace("weight", "kernel")] = weights.pop(renamed)  # e.g. a head saved by other code
     torch.save(state, state_file)
     with pytest.raises(UserError) as info:
-        trainer.load(tmp_path / "run")
+        trainer.callback(CheckpointCallback).load(trainer, tmp_path / "run")
     message = str(info.value)
     assert renamed in message and renamed.replace("weight", "kernel") in message, message
 

@@ -18,8 +18,15 @@ import pytest
 
 from rlprompt.config import validate
 from rlprompt.errors import ConfigError
-from rlprompt.export import build_record, export, write_record
-from rlprompt.transfer import load_prompt_sets, target_spec, target_specs, transfer_matrix, write_matrix
+from rlprompt.evaluation.export import build_record, export, write_record
+from rlprompt.experiments.transfer import (
+    load_prompt_sets,
+    target_spec,
+    target_specs,
+    transfer_matrix,
+    write_matrix,
+)
+from rlprompt.prompt_set import PromptSet
 from tests.test_export import hand_made
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +91,10 @@ def test_transfer_cli_without_prompts_fails_clearly():
 def test_transfer_matrix_over_two_local_targets_and_an_api(tmp_path, openai_server):
     base_url, model = openai_server
     exported = tmp_path / "exported"
-    write_record(build_record(hand_made("manual-plus", "Ask what matters most to them.")), exported)
+    write_record(
+        build_record(PromptSet.from_dict(hand_made("manual-plus", "Ask what matters most to them."))),
+        exported,
+    )
     run_folder = tmp_path / "run"
     run_folder.mkdir()
     (run_folder / "prompts.json").write_text(json.dumps(hand_made("ppo-tokens", "friendly test drive today")))
@@ -142,7 +152,7 @@ def test_transfer_matrix_over_two_local_targets_and_an_api(tmp_path, openai_serv
 
 
 def test_write_matrix_from_a_synthetic_matrix(tmp_path):
-    from rlprompt.transfer import Matrix
+    from rlprompt.experiments.transfer import Matrix
 
     ci = {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6}
     cell = {"reward": ci, "gain": {"mean": -0.1, "ci_low": -0.2, "ci_high": 0.0}, "win_rate_vs_base": 0.4}
@@ -178,12 +188,12 @@ def test_comparison_report_folder_gives_one_row_per_method_and_seed(tmp_path):
         "ppo-seed1 @ smollm2-135m-instruct",
         "ppo-no-kl @ smollm2-135m-instruct",
     ]
-    texts = [s.prompts["task_level"]["text"] for s in sets]
+    texts = [s.prompts.task_level.text for s in sets]
     assert texts[1:] == ["learned by ppo seed 0", "learned by ppo seed 1", "learned by ppo-no-kl seed 0"]
     assert all(s.source == str(report / "results.json") for s in sets)
     export(report)  # the report's export folder gives the same rows
     exported = load_prompt_sets([report / "export"])
     assert [s.label for s in exported] == sorted(s.label for s in sets)
-    assert {s.label: s.prompts["task_level"]["text"] for s in exported} == {
-        s.label: s.prompts["task_level"]["text"] for s in sets
+    assert {s.label: s.prompts.task_level.text for s in exported} == {
+        s.label: s.prompts.task_level.text for s in sets
     }

@@ -5,7 +5,7 @@ target-call budget and seeds; the report folder (runs/compare/<task>/<time>/, or
 gets report.md, results.json, curves.png, heatmaps.png, usage.png and one run folder per method
 and seed. Other overrides (eval.max_scenarios=24, target.max_new_tokens=32, threads=2, ...)
 apply to every method. Rerunning into the same hydra.run.dir skips finished runs. The harness
-lives in rlprompt/comparison.py and rlprompt/report.py.
+lives in rlprompt/experiments/comparison.py and rlprompt/experiments/report.py.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ COMMAND = HydraCommand(
     main,
     own_keys=OWN_KEYS,
     run_dir="runs/compare/${task.name}/${now:%Y%m%d-%H%M%S}",
+    every_optimizer=True,
 )
 
 
@@ -44,9 +45,9 @@ def compare(cfg: DictConfig) -> None:
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
-    from rlprompt.comparison import plan_runs, run_comparison
     from rlprompt.config import validate
     from rlprompt.errors import ConfigError
+    from rlprompt.experiments.comparison import plan_runs, run_comparison
 
     setup_logging()
     if cfg.get("budget") is None:

@@ -4,7 +4,7 @@
     rlprompt export reports/compare/xyz --out exports/xyz           # prompts/<method>.json → one folder each
     rlprompt export runs/car_sales/20260101-120000-ppo --verify     # re-score: must equal summary.json
 
-The export format lives in rlprompt/export.py.
+The export format lives in rlprompt/evaluation/export.py.
 """
 
 from __future__ import annotations
@@ -36,15 +36,13 @@ def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from rlprompt.errors import UserError
-    from rlprompt.export import export, load_exported, verify_against_summary
+    from rlprompt.evaluation.export import export, load_exported, verify_against_summary
 
     setup_logging()
     written = export(args.source, args.out)
     for path in written:
         prompts = load_exported(path)
-        print(
-            f"{path}  ({prompts['method']} @ {prompts['source_model']}, {len(prompts['per_context'])} contexts)"
-        )
+        print(f"{path}  ({prompts.method} @ {prompts.source_model}, {len(prompts.per_context)} contexts)")
     if args.verify:
         import torch
 

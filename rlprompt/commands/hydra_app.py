@@ -32,6 +32,10 @@ class HydraCommand:
     config_name: str = "config"
     own_keys: tuple[str, ...] = ()  # the command's `+key=value` options, not RunConfig fields
     run_dir: str | None = None  # hydra.run.dir when the command line sets none (None: the config's)
+    # The command runs several optimizers (compare): an `optimizer.<key>=` override is for every
+    # method that has the key, so it is checked against all of them and force-added (`++`) to
+    # the command's own config, whose optimizer may lack it (comparison.method_overrides).
+    every_optimizer: bool = False
 
 
 def run_hydra(command: HydraCommand, argv: Sequence[str] | None = None, prog: str | None = None) -> None:
@@ -46,8 +50,11 @@ def run_hydra(command: HydraCommand, argv: Sequence[str] | None = None, prog: st
     overrides, dirs = split_args(args)
     if command.run_dir and not any(o.lstrip("+").startswith("hydra.run.dir=") for o in overrides):
         args.append(f"hydra.run.dir={command.run_dir}")
+    if command.every_optimizer:
+        args = [f"++{a}" if a in overrides and a.startswith("optimizer.") else a for a in args]
     sys.argv = [sys.argv[0], *args]  # Hydra parses sys.argv; guarded() reads `debug=true` there
-    guarded(lambda: check_overrides(overrides, dirs, command.own_keys))
+    optimizer = "*" if command.every_optimizer else None
+    guarded(lambda: check_overrides(overrides, dirs, command.own_keys, command.config_name, optimizer))
     app = hydra.main(config_path=str(config_dir()), config_name=command.config_name, version_base="1.3")
     app(command.task)()
 
@@ -106,7 +113,7 @@ def command_help(command: HydraCommand, prog: str, args: Sequence[str] = ()) -> 
     """Usage, the command's own doc, every config group with its options (default starred)."""
     _, dirs = split_args([a for a in args if a not in ("-h", "--help")])
     groups: dict[str, set[str]] = {}
-    bases: set[tuple[str, str]] = set()  # options other options build on (optimizer/common)
+    bases: set[tuple[str, str]] = set()  # options other options build on (a shared base file)
     for folder in (d for d in dirs if d.is_dir()):
         for group in (p for p in folder.iterdir() if p.is_dir()):
             for option in group.glob("*.yaml"):

@@ -5,7 +5,7 @@
     rlprompt score +prompt_file=prompts/mine.txt +split=val
     rlprompt score +prompt_text=null                          # no system prompt at all
 
-Compose config → validate → build → score → print. The scoring lives in rlprompt/scoring.py.
+Compose config → validate → build → score → print. The scoring lives in rlprompt/evaluation/scoring.py.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
 
 def score(cfg: DictConfig) -> None:
     from rlprompt.config import validate
+    from rlprompt.env.prompting import check_prompt_text
     from rlprompt.errors import ConfigError
-    from rlprompt.prompting import check_prompt_text
     from rlprompt.task import load_task
 
     setup_logging()
@@ -63,26 +63,17 @@ def score(cfg: DictConfig) -> None:
     limit = None if extra["limit"] is _UNSET or extra["limit"] is None else int(extra["limit"])
     task.split(split)  # an unknown or empty split fails here, before any model loads
 
-    from rlprompt.build import build_cache, build_target, generation_params, set_threads
+    from rlprompt.build import build_cache, build_target, set_threads
+    from rlprompt.evaluation.evaluate import build_evaluator
+    from rlprompt.evaluation.scoring import score_prompt
     from rlprompt.rewards.factory import reward_from_config
-    from rlprompt.scoring import score_prompt
 
     set_threads(run)
     cache = build_cache(run.cache)
-    reward = reward_from_config(run.reward, task, cache)
+    reward = reward_from_config(run.reward, task, cache)  # before the target, as it always was
     target = build_target(run.target, cache)
-    report = score_prompt(
-        task,
-        split,
-        prompt,
-        target,
-        reward,
-        generation_params(run.target, run.seed),
-        run.reward.turns,
-        limit,
-        run.eval.confidence,
-        run.eval.bootstrap,
-    )
+    evaluator = build_evaluator(run, task, target, reward)
+    report = score_prompt(evaluator, split, prompt, limit, run.eval.confidence, run.eval.bootstrap)
     print(f"task={task.name} target={target.target_id} reward={run.reward.name}")
     print(report.table())
     calls = {"target": target.counter, **reward.counters}

@@ -44,8 +44,8 @@ def train(cfg: DictConfig) -> None:
     run = validate(cfg)
     preflight(run)  # before the heavy imports below: a typo fails in a second
 
-    from rlprompt.distributed import make_accelerator, shared_run_dir
-    from rlprompt.training_run import run_training, verdict_line
+    from rlprompt.ppo.distributed import make_accelerator, shared_run_dir
+    from rlprompt.ppo.run import run_training, verdict_line
 
     accelerator = make_accelerator()
     run_dir = shared_run_dir(Path(run.resume or HydraConfig.get().runtime.output_dir), accelerator)

@@ -7,7 +7,7 @@
     rlprompt transfer +prompts=[...] +targets=[gemma3] '+target_overrides={max_new_tokens: 16}' +split=val
 
 Writes transfer.md, transfer.json and transfer.png to +out (default: reports/transfer/<time>/).
-Compose config → validate → load prompt sets + targets → score → write. Logic: rlprompt/transfer.py.
+Compose config → validate → load prompt sets + targets → score → write. Logic: rlprompt/experiments/transfer.py.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def transfer(cfg: DictConfig) -> None:
     from rlprompt.build import set_threads
     from rlprompt.config import validate
     from rlprompt.errors import ConfigError
-    from rlprompt.transfer import load_prompt_sets, target_specs, transfer_matrix, write_matrix
+    from rlprompt.experiments.transfer import load_prompt_sets, target_specs, transfer_matrix, write_matrix
 
     setup_logging()
     with open_dict(cfg):  # script-only keys are not part of RunConfig

@@ -7,7 +7,7 @@
   2012 use a Bernoulli(r) draw instead; the fractional update has the same mean, less noise).
 - Every `retire_every` plays: best = the arm with the highest posterior mean; an arm i retires when
   P(X_i > X_best) < `retire_threshold`, computed exactly as ∫ f_i(x) F_best(x) dx by quadrature.
-- The math is shared with the serving gateway (rlprompt/bandit_math.py); only the source of
+- The math is shared with the serving gateway (rlprompt/optimizers/bandit_math.py); only the source of
   rewards differs.
 - Refill to `portfolio_size` with LLM rewrites (mutations) of the best prompt; a mutant's prior
   inherits the best's posterior mean m at effective sample size ess = max(prior_ess_min,
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from rlprompt.bandit_math import (
+from rlprompt.optimizers.bandit_math import (
     best_index,
     beta_update,
     mutant_prior,
@@ -35,16 +35,30 @@ from rlprompt.optimizers.base import (
     BestSoFar,
     OptimizerContext,
     OptimizerResult,
-    prompt_entry,
     register_optimizer,
 )
-from rlprompt.optimizers.llm import extract_instruction, filter_candidates, normalize
+from rlprompt.optimizers.llm import LLMSearchConfig, extract_instruction, filter_candidates, normalize
+from rlprompt.prompt_set import PromptEntry
 from rlprompt.targets.cache import BudgetExhausted
 
 # mutant_prior and retire_probability are re-exported: callers and tests import them from here.
 __all__ = ["MUTATE", "Arm", "ThompsonBandit", "mutant_prior", "retire_probability"]
 log = logging.getLogger(__name__)
 STATE_FILE = "bandit_state.json"
+
+
+@dataclass
+class BanditConfig(LLMSearchConfig):
+    """Thompson-sampling bandit with evolution; the serving gateway (rlprompt/serve/) plays the
+    same method with these settings."""
+
+    name: str = "bandit"
+    retire_every: int = 24
+    retire_threshold: float = 0.05
+    portfolio_size: int = 6
+    prior_ess_min: float = 10.0
+    prior_ess_frac: float = 0.2
+
 
 MUTATE = (
     "Here is an instruction for a {role}. Customers get good replies when it is followed.\n\n"
@@ -78,7 +92,7 @@ class Arm:
         self.plays += 1
 
 
-@register_optimizer("bandit")
+@register_optimizer("bandit", BanditConfig)
 class ThompsonBandit:
     def __init__(self, ctx: OptimizerContext) -> None:
         self.ctx, self.cfg = ctx, ctx.cfg
@@ -104,7 +118,7 @@ class ThompsonBandit:
                 "retirements": self.retirements,
                 "rng": self.rng.bit_generator.state,
                 "target_counter": self.ctx.target.counter.state_dict(),
-                "llm_counter": self.ctx.llm.counter.state_dict() if "llm" in self.ctx.__dict__ else None,
+                "llm_counter": llm.state_dict() if (llm := self.ctx.llm_counter()) is not None else None,
             },
         )
 
@@ -201,7 +215,9 @@ class ThompsonBandit:
         self.save()
         # The final pick prefers arms with evidence: an unplayed arm's mean is only its prior.
         best = max(self.active, key=lambda a: (a.plays > 0, a.mean))
-        prompts = self.ctx.document("bandit", prompt_entry(best.prompt, best.prompt))
+        prompts = self.ctx.document(
+            "bandit", PromptEntry(best.prompt, best.prompt), source_model=self.cfg.optimizer_model
+        )
         return self.ctx.result(
             "bandit",
             prompts,

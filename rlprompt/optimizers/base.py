@@ -1,8 +1,8 @@
 """One protocol for every prompt optimizer, with one currency: calls to the target LLM.
 
 An optimizer is built from an `OptimizerContext` (the task, a budgeted target, the reward, the run
-folder) by its registered factory and returns an `OptimizerResult`: its final prompt(s) in the
-shape of `prompts.json` (see `rlprompt.training_run.learned_prompts`), so evaluation and export
+folder) by its registered factory and returns an `OptimizerResult`: its final prompt(s) as a
+`PromptSet` (the shape of prompts.json, rlprompt/prompt_set.py), so evaluation and export
 treat every method alike, and its learning curve (best-so-far training reward against target
 calls spent). The budget is enforced by the target's `CallCounter`: a batch that would overspend
 raises `BudgetExhausted` before any call is made, so no optimizer can exceed it (docs/OPTIMIZERS.md).
@@ -14,27 +14,32 @@ own repeats are free, as any caching client's would be.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rlprompt.build import build_cache, build_target, generation_params, set_threads
-from rlprompt.checkpoint import write_json
-from rlprompt.config import RunConfig
-from rlprompt.conversation import run_conversations
+from rlprompt.config import OptimizerConfig, RunConfig
+from rlprompt.env.conversation import run_conversations
+from rlprompt.ppo.checkpoint import write_json
+from rlprompt.prompt_set import PromptEntry, PromptSet, write_prompts
 from rlprompt.registry import Registry
 from rlprompt.rewards.base import RewardBatch
 from rlprompt.rewards.factory import RewardSetup, reward_from_config
 from rlprompt.targets.base import GenerationParams
-from rlprompt.targets.cache import CachedTarget, ResponseCache
+from rlprompt.targets.cache import CachedTarget, CallCounter, ResponseCache
 from rlprompt.task import Scenario, Task, load_task
+
+if TYPE_CHECKING:
+    from rlprompt.optimizers.llm import OptimizerLLM
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +48,11 @@ Curve = list[tuple[int, float]]  # (target calls spent, best-so-far training rew
 
 @dataclass
 class OptimizerResult:
-    """What every optimizer hands back; `prompts` has the shape of prompts.json."""
+    """What every optimizer hands back; `prompts` is written as prompts.json."""
 
     method: str
     seed: int
-    prompts: dict[str, Any]
+    prompts: PromptSet
     curve: Curve
     target_calls: int
     budget: int | None
@@ -57,13 +62,20 @@ class OptimizerResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+        out["prompts"] = self.prompts.to_dict()
         out["curve"] = [list(p) for p in self.curve]
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OptimizerResult:
-        return cls(**{**data, "curve": [(int(c), float(r)) for c, r in data["curve"]]})
+        return cls(
+            **{
+                **data,
+                "prompts": PromptSet.from_dict(data["prompts"]),
+                "curve": [(int(c), float(r)) for c, r in data["curve"]],
+            }
+        )
 
 
 class Optimizer(Protocol):
@@ -72,11 +84,23 @@ class Optimizer(Protocol):
 
 OptimizerFactory = Callable[["OptimizerContext"], Optimizer]
 OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
+OPTIMIZER_CONFIGS: Registry[type[OptimizerConfig]] = Registry("optimizer")
 
 
-def register_optimizer(name: str) -> Callable[[OptimizerFactory], OptimizerFactory]:
-    """Register an optimizer class (or factory taking an `OptimizerContext`) under `name`."""
+def register_optimizer(
+    name: str, config: type[OptimizerConfig]
+) -> Callable[[OptimizerFactory], OptimizerFactory]:
+    """Register an optimizer class (or factory taking an `OptimizerContext`) under `name`, with the
+    dataclass of its `optimizer.*` settings (what `rlprompt.config.validate` checks keys against)."""
+    OPTIMIZER_CONFIGS.register(name)(config)
     return OPTIMIZERS.register(name)
+
+
+@dataclass
+class PromptSearchConfig(OptimizerConfig):
+    """The settings of every method that scores whole prompts on a fixed training subset."""
+
+    score_subset: int = 8  # training scenarios a prompt is scored on (target calls per prompt)
 
 
 class BestSoFar:
@@ -91,22 +115,6 @@ class BestSoFar:
         self.points.append((int(calls), self.best))
 
 
-def prompt_entry(text: str, system_prompt: str, action_ids: list[int] | None = None) -> dict[str, Any]:
-    """One prompt as prompts.json stores it."""
-    return {"text": text, "action_ids": list(action_ids or []), "system_prompt": system_prompt}
-
-
-def context_key(context: tuple[str, str, str]) -> str:
-    """The per_context key of prompts.json ("persona|stage|urgency")."""
-    return "|".join(context)
-
-
-def context_scenario(context: tuple[str, str, str]) -> Scenario:
-    """A placeholder scenario that carries only a context (for per-context prompt writers)."""
-    persona, stage, urgency = context
-    return Scenario(id="", persona=persona, stage=stage, urgency=urgency, customer="-")
-
-
 class OptimizerContext:
     """Everything an optimizer may use, built lazily so a method pays only for what it touches."""
 
@@ -115,6 +123,10 @@ class OptimizerContext:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.resume_dir = Path(run.resume) if run.resume else None
+        # Built on first use; whether they were (a method that never scored spent no calls) is
+        # what `result` and the bandit's state read.
+        self._target: CachedTarget | None = None
+        self._llm: OptimizerLLM | None = None
 
     # ------------------------------------------------------------------ built on first use
 
@@ -134,10 +146,12 @@ class OptimizerContext:
     def cache(self) -> ResponseCache | None:
         return build_cache(self.private_run.cache)
 
-    @cached_property
+    @property
     def target(self) -> CachedTarget:
         """The budgeted target: `target.counter.calls` never exceeds `optimizer.budget`."""
-        return build_target(self.run.target, self.cache, budget=self.cfg.budget)
+        if self._target is None:
+            self._target = build_target(self.run.target, self.cache, budget=self.cfg.budget)
+        return self._target
 
     @cached_property
     def reward(self) -> RewardSetup:
@@ -149,7 +163,7 @@ class OptimizerContext:
 
     @cached_property
     def bounds(self) -> tuple[float, float]:
-        from rlprompt.trainer import reward_bounds
+        from rlprompt.ppo.trainer import reward_bounds
 
         return reward_bounds(self.reward.reward)
 
@@ -157,12 +171,18 @@ class OptimizerContext:
     def train(self) -> list[Scenario]:
         return self.task.split("train")
 
-    @cached_property
-    def llm(self):
+    @property
+    def llm(self) -> OptimizerLLM:
         """The optimizer LLM (OPRO proposals, bandit mutations); its calls have their own counter."""
-        from rlprompt.optimizers.llm import OptimizerLLM
+        if self._llm is None:
+            from rlprompt.optimizers.llm import OptimizerLLM
 
-        return OptimizerLLM(self.run, self.cache)
+            self._llm = OptimizerLLM(self.run, self.cache)
+        return self._llm
+
+    def llm_counter(self) -> CallCounter | None:
+        """The optimizer LLM's call counter, or None while no LLM was built (no call made)."""
+        return self._llm.counter if self._llm is not None else None
 
     # ------------------------------------------------------------------ helpers
 
@@ -189,36 +209,37 @@ class OptimizerContext:
     def document(
         self,
         method: str,
-        task_level: dict[str, Any],
-        per_context: dict[str, dict[str, Any]] | None = None,
+        task_level: PromptEntry,
+        per_context: dict[str, PromptEntry] | None = None,
+        *,
+        source_model: str,
         action_space: str = "text",
-        source_model: str | None = None,
         prompt_template: str = "{learned}",
-    ) -> dict[str, Any]:
-        """A prompts.json dict (same keys as `training_run.learned_prompts`)."""
-        return {
-            "task": self.task.name,
-            "method": method,
-            "source_model": source_model or self.cfg.optimizer_model,
-            "target_model": self.run.target.model,
-            "action_space": action_space,
-            "conditioning": "context_conditioned" if per_context else "task_level",
-            "prompt_template": prompt_template,
-            "base_instruction": self.task.base_instruction,
-            "task_level": task_level,
-            "per_context": per_context or {},
-        }
+    ) -> PromptSet:
+        """The method's prompt set (the same fields as `ppo.run.learned_prompts` fills)."""
+        return PromptSet(
+            task=self.task.name,
+            method=method,
+            source_model=source_model,
+            target_model=self.run.target.model,
+            action_space=action_space,
+            conditioning="context_conditioned" if per_context else "task_level",
+            prompt_template=prompt_template,
+            base_instruction=self.task.base_instruction,
+            task_level=task_level,
+            per_context=per_context or {},
+        )
 
-    def result(self, method: str, prompts: dict, curve: Curve, **extra: Any) -> OptimizerResult:
-        llm = self.__dict__.get("llm")
+    def result(self, method: str, prompts: PromptSet, curve: Curve, **extra: Any) -> OptimizerResult:
+        llm = self.llm_counter()
         return OptimizerResult(
             method=method,
             seed=self.run.seed,
             prompts=prompts,
             curve=curve,
-            target_calls=self.target.counter.calls if "target" in self.__dict__ else 0,
+            target_calls=self._target.counter.calls if self._target is not None else 0,
             budget=self.cfg.budget,
-            optimizer_llm_calls=llm.counter.calls if llm is not None else 0,
+            optimizer_llm_calls=llm.calls if llm is not None else 0,
             run_dir=str(self.run_dir),
             extra=extra,
         )
@@ -239,7 +260,7 @@ class OptimizerContext:
 def run_optimizer(run: RunConfig, run_dir: Path) -> OptimizerResult:
     """Build the context, run `optimizer.name`, write prompts.json / prompt.txt / result.json."""
     import rlprompt.optimizers  # noqa: F401  (registers the built-in optimizers)
-    from rlprompt.training_run import seed_everything
+    from rlprompt.ppo.run import seed_everything
 
     set_threads(run)
     seed_everything(run.seed)
@@ -250,7 +271,6 @@ def run_optimizer(run: RunConfig, run_dir: Path) -> OptimizerResult:
     result.seconds = time.perf_counter() - started
     if run.optimizer.budget is not None and result.target_calls > run.optimizer.budget:
         raise AssertionError(f"{result.method} spent {result.target_calls} > budget {run.optimizer.budget}")
-    write_json(ctx.run_dir / "prompts.json", result.prompts)
-    (ctx.run_dir / "prompt.txt").write_text(result.prompts["task_level"]["system_prompt"] + "\n")
+    write_prompts(ctx.run_dir, result.prompts)
     write_json(ctx.run_dir / "result.json", result.to_dict())
     return result

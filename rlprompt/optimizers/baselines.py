@@ -15,25 +15,42 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 
+from rlprompt.env.prompting import assemble_system_prompt
 from rlprompt.optimizers.base import (
     BestSoFar,
     OptimizerContext,
     OptimizerResult,
-    context_key,
-    context_scenario,
-    prompt_entry,
+    PromptSearchConfig,
     register_optimizer,
 )
-from rlprompt.prompting import assemble_system_prompt
+from rlprompt.prompt_set import PromptEntry, context_key
 from rlprompt.targets.cache import BudgetExhausted
+from rlprompt.task import Scenario
 
 log = logging.getLogger(__name__)
 
 
-@register_optimizer("manual")
+@dataclass
+class ManualConfig(PromptSearchConfig):
+    name: str = "manual"
+
+
+@dataclass
+class TemplateConfig(PromptSearchConfig):
+    name: str = "template"
+
+
+@dataclass
+class RandomConfig(PromptSearchConfig):
+    name: str = "random"
+    steps: int = 80  # candidates without a budget
+
+
+@register_optimizer("manual", ManualConfig)
 class Manual:
     def __init__(self, ctx: OptimizerContext) -> None:
         self.ctx = ctx
@@ -47,22 +64,22 @@ class Manual:
         except BudgetExhausted as err:
             log.info("manual: no training score (%s)", err)
         prompts = self.ctx.document(
-            "manual", prompt_entry(text, text), source_model="hand-written", prompt_template="{base}"
+            "manual", PromptEntry(text, text), source_model="hand-written", prompt_template="{base}"
         )
         return self.ctx.result("manual", prompts, curve.points)
 
 
-@register_optimizer("template")
+@register_optimizer("template", TemplateConfig)
 class Template:
     def __init__(self, ctx: OptimizerContext) -> None:
         self.ctx = ctx
 
-    def entry(self, names: list[str]) -> dict:
+    def entry(self, names: list[str]) -> PromptEntry:
         task = self.ctx.task
         index = {c.name: i for i, c in enumerate(task.components)}
         ids = sorted(index[n] for n in names)
         learned = " ".join(task.components[i].phrase for i in ids)
-        return prompt_entry(learned, self.system(learned), ids)
+        return PromptEntry(learned, self.system(learned), ids)
 
     def system(self, learned: str) -> str:
         return assemble_system_prompt(self.ctx.task.base_instruction, learned, self.ctx.run.prompt)
@@ -70,20 +87,20 @@ class Template:
     def run(self) -> OptimizerResult:
         task = self.ctx.task
         per_context = {
-            context_key(c): self.entry(task.preferred_for(context_scenario(c))) for c in task.contexts
+            context_key(c): self.entry(task.preferred_for(Scenario.for_context(c))) for c in task.contexts
         }
         # Task-level: the components preferred in the most contexts, at most max_components.
-        votes = Counter(n for c in task.contexts for n in task.preferred_for(context_scenario(c)))
+        votes = Counter(n for c in task.contexts for n in task.preferred_for(Scenario.for_context(c)))
         task_level = self.entry([n for n, _ in votes.most_common(task.max_components)])
         curve = BestSoFar()
         subset = self.ctx.score_subset()
         try:
-            prompts = [per_context[context_key(s.context)]["system_prompt"] for s in subset]
+            prompts = [per_context[context_key(s.context)].system_prompt for s in subset]
             reward = float(self.ctx.score(prompts, subset).total.mean())
             curve.add(self.ctx.target.counter.calls, reward)
         except BudgetExhausted as err:
             log.info("template: no training score (%s)", err)
-        usage = Counter(task.components[i].name for e in per_context.values() for i in e["action_ids"])
+        usage = Counter(task.components[i].name for e in per_context.values() for i in e.action_ids)
         document = self.ctx.document(
             "template",
             task_level,
@@ -95,14 +112,14 @@ class Template:
         return self.ctx.result("template", document, curve.points, usage=dict(usage))
 
 
-@register_optimizer("random")
+@register_optimizer("random", RandomConfig)
 class RandomTokens:
     def __init__(self, ctx: OptimizerContext) -> None:
         self.ctx, self.cfg = ctx, ctx.cfg
 
     def run(self) -> OptimizerResult:
-        from rlprompt.action_spaces import allowed_token_mask
         from rlprompt.models import load_tokenizer
+        from rlprompt.policy.action_spaces import allowed_token_mask
 
         policy = self.ctx.run.policy
         tokenizer = load_tokenizer(policy.backbone)
@@ -116,7 +133,7 @@ class RandomTokens:
             ids = allowed[torch.randint(len(allowed), (policy.prompt_length,), generator=generator)]
             learned = tokenizer.decode(ids.tolist(), skip_special_tokens=True).strip()
             system = assemble_system_prompt(self.ctx.task.base_instruction, learned, self.ctx.run.prompt)
-            entry = prompt_entry(learned, system, ids.tolist())
+            entry = PromptEntry(learned, system, ids.tolist())
             try:
                 reward = self.ctx.mean_reward(system, subset)
             except BudgetExhausted as err:
@@ -134,5 +151,5 @@ class RandomTokens:
             source_model="uniform over allowed tokens",
             prompt_template=self.ctx.run.prompt.template,
         )
-        usage = dict(Counter(best[1]["text"].split()))
+        usage = dict(Counter(best[1].text.split()))
         return self.ctx.result("random", prompts, curve.points, candidates=len(curve.points), usage=usage)

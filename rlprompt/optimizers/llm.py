@@ -10,16 +10,32 @@ reply. Distinct seeds make the 8 samples differ and cache each one under its own
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from rlprompt.build import TARGETS
 from rlprompt.config import RunConfig, TargetConfig
+from rlprompt.env.prompting import check_prompt_text
 from rlprompt.errors import ConfigError
-from rlprompt.prompting import check_prompt_text
+from rlprompt.optimizers.base import PromptSearchConfig
 from rlprompt.targets.base import GenerationParams
 from rlprompt.targets.cache import CachedTarget, CallCounter, ResponseCache
 
 _INS = re.compile(r"<INS>(.*?)(?:</INS>|$)", re.DOTALL | re.IGNORECASE)
 _BRACKETS = re.compile(r"\[([^\[\]]{10,})\]", re.DOTALL)
+
+
+@dataclass
+class LLMSearchConfig(PromptSearchConfig):
+    """Settings of the methods whose candidates an LLM writes (OPRO, the bandit); docs/OPTIMIZERS.md."""
+
+    steps: int = 80
+    meta_temperature: float = 1.0
+    max_prompt_chars: int = 500
+    optimizer_model: str = "smollm2-135m-instruct"
+    optimizer_target: str = "hf"  # target registry name of the optimizer LLM (hf | openai)
+    optimizer_base_url: str | None = None  # OpenAI-compatible endpoint of the optimizer LLM
+    optimizer_max_new_tokens: int = 96  # length of one optimizer-LLM reply (a new instruction)
+    min_prompt_chars: int = 20  # length filter (with max_prompt_chars) for generated instructions
 
 
 class OptimizerLLM:

@@ -24,15 +24,29 @@ from rlprompt.optimizers.base import (
     BestSoFar,
     OptimizerContext,
     OptimizerResult,
-    prompt_entry,
     register_optimizer,
 )
-from rlprompt.optimizers.llm import extract_instruction, filter_candidates, normalize
+from rlprompt.optimizers.llm import LLMSearchConfig, extract_instruction, filter_candidates, normalize
+from rlprompt.prompt_set import PromptEntry
 from rlprompt.targets.cache import BudgetExhausted
 from rlprompt.task import Scenario, Task
 
 log = logging.getLogger(__name__)
 STATE_FILE = "opro_state.json"
+
+
+@dataclass
+class OproConfig(LLMSearchConfig):
+    """OPRO (Yang et al. 2023): the meta-prompt's shape (docs/OPTIMIZERS.md)."""
+
+    name: str = "opro"
+    # sampled optimizer-LLM replies per step (one seed each)
+    candidates_per_step: int = 8
+    # best past instructions in the meta-prompt, shown ascending with scores 0-100
+    history_top: int = 20
+    # random training exemplars (customer turn + reference reply of its stage)
+    exemplars: int = 3
+
 
 HEADER = (
     "I have some texts along with their corresponding scores. The texts are arranged in ascending "
@@ -78,7 +92,7 @@ def draw_exemplars(task: Task, train: list[Scenario], n: int, rng: random.Random
     return [(s.customer, rng.choice(task.stage[s.stage].reference_replies)) for s in chosen]
 
 
-@register_optimizer("opro")
+@register_optimizer("opro", OproConfig)
 class OPRO:
     def __init__(self, ctx: OptimizerContext) -> None:
         self.ctx, self.cfg = ctx, ctx.cfg
@@ -169,7 +183,9 @@ class OPRO:
             best = Scored(self.ctx.task.base_instruction, float("nan"), float("nan"), -1)
         else:
             best = max(self.history, key=lambda h: h.reward)
-        prompts = self.ctx.document("opro", prompt_entry(best.instruction, best.instruction))
+        prompts = self.ctx.document(
+            "opro", PromptEntry(best.instruction, best.instruction), source_model=self.cfg.optimizer_model
+        )
         return self.ctx.result(
             "opro",
             prompts,

@@ -1,9 +1,9 @@
 """The PPO prompt policies as optimizers: `ppo` (token policy) and `components` (phrase bank).
 
-Both wrap the unchanged `PPOTrainer` (rlprompt/trainer.py): its target is built with
-`optimizer.budget` and its loop stops on `BudgetExhausted`, so the wrapper only sets the step
-count (with a budget, the budget is what stops it), records the learning curve after each step
-and reads the greedy prompts with `training_run.learned_prompts`. `components` is the same PPO
+Both run the `PPOTrainer` (rlprompt/ppo/trainer.py): its target is built with `optimizer.budget`
+and its loop stops on `BudgetExhausted`, so the wrapper only sets the step count (with a budget,
+the budget is what stops it), records the learning curve after each step (a `CurveTracker`
+callback) and reads the greedy prompts with `ppo.run.learned_prompts`. `components` is the same PPO
 with the task's phrase bank as its action set (the component-selection design).
 """
 
@@ -13,6 +13,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 from rlprompt.config import RunConfig
 from rlprompt.optimizers.base import (
@@ -22,9 +23,28 @@ from rlprompt.optimizers.base import (
     register_optimizer,
     write_json,
 )
-from rlprompt.trainer import PPOTrainer
+from rlprompt.ppo.callbacks import Callback, StepEnd
+from rlprompt.ppo.config import PPOConfig
+from rlprompt.ppo.trainer import PPOTrainer
+from rlprompt.prompt_set import PromptSet
 
 CURVE_FILE = "curve.json"
+
+
+class CurveTracker(Callback):
+    """One learning-curve point per step (target calls so far, best-so-far mean raw reward of this
+    rank's conversations), saved after every step so a resumed run continues the curve."""
+
+    def __init__(self, path: Path, resume_dir: Path | None) -> None:
+        self.path = path
+        points = []
+        if resume_dir is not None and (resume_dir / CURVE_FILE).exists():
+            points = json.loads((resume_dir / CURVE_FILE).read_text())
+        self.curve = BestSoFar([tuple(p) for p in points])
+
+    def on_step_end(self, trainer: PPOTrainer, step: StepEnd) -> None:
+        self.curve.add(trainer.target.counter.calls, float(step.batch.raw_reward.mean()))
+        write_json(self.path, self.curve.points)
 
 
 class PPOOptimizer:
@@ -40,7 +60,7 @@ class PPOOptimizer:
 
     def run(self) -> OptimizerResult:
         from rlprompt.build import check_run
-        from rlprompt.training_run import build_trainer, learned_prompts
+        from rlprompt.ppo.run import build_trainer, learned_prompts
 
         run = self.configure(self.ctx.private_run)
         check_run(run)  # after configure (components forces its action space), before models load
@@ -49,19 +69,18 @@ class PPOOptimizer:
             # Every step spends at most C×G calls and almost always at least one, so `budget` steps
             # is an upper bound that lets the budget, not the step count, end the run.
             run = replace(run, optimizer=replace(run.optimizer, steps=max(budget, 1)))
-        trainer = build_trainer(run, self.ctx.run_dir)
-        curve = self._track_curve(trainer)
+        curve = CurveTracker(self.ctx.run_dir / CURVE_FILE, self.ctx.resume_dir)
+        trainer = build_trainer(run, self.ctx.run_dir, callbacks=[curve])
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
-        prompts = learned_prompts(trainer)
-        prompts["method"] = self.method
+        prompts = learned_prompts(trainer, run).with_method(self.method)
         usage = self.usage(trainer, prompts)
         return OptimizerResult(
             method=self.method,
             seed=run.seed,
             prompts=prompts,
-            curve=curve.points,
+            curve=curve.curve.points,
             target_calls=trainer.target.counter.calls,
             budget=budget,
             seconds=seconds,
@@ -69,29 +88,12 @@ class PPOOptimizer:
             extra={"steps": trainer.step_index, "usage": usage},
         )
 
-    def _track_curve(self, trainer: PPOTrainer) -> BestSoFar:
-        """Wrap `trainer.record` (no edit of trainer.py): one point per step, saved for resume."""
-        path = self.ctx.run_dir / CURVE_FILE
-        resumed = self.ctx.resume_dir is not None and (self.ctx.resume_dir / CURVE_FILE).exists()
-        points = json.loads((self.ctx.resume_dir / CURVE_FILE).read_text()) if resumed else []
-        curve = BestSoFar([tuple(p) for p in points])
-        record = trainer.record
-
-        def record_and_track(batch, stats, seconds) -> None:
-            record(batch, stats, seconds)
-            curve.add(trainer.target.counter.calls, float(batch.raw_reward.mean()))
-            write_json(path, curve.points)
-
-        trainer.record = record_and_track  # type: ignore[method-assign]
-        return curve
-
-    def usage(self, trainer: PPOTrainer, prompts: dict) -> dict[str, int]:
+    def usage(self, trainer: PPOTrainer, prompts: PromptSet) -> dict[str, int]:
         """How often each learned token (word) appears across the greedy prompts."""
-        entries = list(prompts["per_context"].values()) or [prompts["task_level"]]
-        return dict(Counter(word for e in entries for word in e["text"].split()).most_common(30))
+        return dict(Counter(word for e in prompts.entries for word in e.text.split()).most_common(30))
 
 
-@register_optimizer("ppo")
+@register_optimizer("ppo", PPOConfig)
 def _ppo(ctx: OptimizerContext) -> PPOOptimizer:
     return PPOOptimizer(ctx)
 
@@ -105,13 +107,12 @@ class ComponentsOptimizer(PPOOptimizer):
     def configure(self, run: RunConfig) -> RunConfig:
         return replace(run, policy=replace(run.policy, action_space="components"))
 
-    def usage(self, trainer: PPOTrainer, prompts: dict) -> dict[str, int]:
+    def usage(self, trainer: PPOTrainer, prompts: PromptSet) -> dict[str, int]:
         """How often each component is chosen across the greedy per-context prompts."""
         names = [c.name for c in trainer.task.components]
-        entries = list(prompts["per_context"].values()) or [prompts["task_level"]]
-        return dict(Counter(names[i] for e in entries for i in set(e["action_ids"])))
+        return dict(Counter(names[i] for e in prompts.entries for i in set(e.action_ids)))
 
 
-@register_optimizer("components")
+@register_optimizer("components", PPOConfig)
 def _components(ctx: OptimizerContext) -> ComponentsOptimizer:
     return ComponentsOptimizer(ctx)

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import sqlalchemy as sa
 
-from rlprompt.bandit_math import best_index, mutant_prior, posterior_mean, retirements
 from rlprompt.build import generation_params
-from rlprompt.conversation import run_conversations
+from rlprompt.env.conversation import run_conversations
 from rlprompt.optimizers.bandit import MUTATE
+from rlprompt.optimizers.bandit_math import best_index, mutant_prior, posterior_mean, retirements
 from rlprompt.optimizers.llm import extract_instruction, filter_candidates, normalize
 from rlprompt.serve import guardrails, store
 from rlprompt.serve.portfolio import ArmSpec, Counts, insert_arms, read_snapshot

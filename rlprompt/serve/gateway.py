@@ -28,6 +28,7 @@ import sqlalchemy as sa
 
 from rlprompt.config import RunConfig
 from rlprompt.errors import TargetError, UserError
+from rlprompt.prompt_set import split_context_key
 from rlprompt.serve import store
 from rlprompt.serve.events import record_chats
 from rlprompt.serve.feedback import FeedbackMixin
@@ -109,7 +110,7 @@ class Gateway(FeedbackMixin):
 
     @cached_property
     def bounds(self) -> tuple[float, float]:
-        from rlprompt.trainer import reward_bounds
+        from rlprompt.ppo.trainer import reward_bounds
 
         return reward_bounds(self.reward.reward)
 
@@ -351,7 +352,7 @@ class Gateway(FeedbackMixin):
     ) -> None:
         """The reward modules' score of one reply: an immediate signal, stored apart from feedback."""
         try:
-            persona, stage, urgency = context.split("|")
+            persona, stage, urgency = split_context_key(context)
             turns = [m for m in messages if m["role"] != "system"]
             scenario = Scenario(conversation_id, persona, stage, urgency, turns[-1]["content"], turns[:-1])
             from rlprompt.rewards.base import Sample

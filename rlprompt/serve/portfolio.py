@@ -3,7 +3,7 @@
 Arms come from `scripts/export.py` output (the task-level prompt, and each per-context prompt as
 an arm that only its context may play), from prompts.json files, from hand-written prompts
 (`.txt` files or `serve.prompts`), or, with none of these, from the task's base instruction and
-seed prompts. Posteriors use the offline bandit's math (rlprompt/bandit_math.py): a feedback
+seed prompts. Posteriors use the offline bandit's math (rlprompt/optimizers/bandit_math.py): a feedback
 event of value r is one fractional Bernoulli observation. With `serve.contextual`, the draw for a
 request that names its context uses that context's posterior, shrunk towards the arm's global
 one (`bandit_math.shrunk_posterior`), so a new context plays like the global portfolio.
@@ -23,10 +23,16 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from rlprompt.bandit_math import beta_update_many, posterior_mean, shrunk_posterior, thompson_choice
 from rlprompt.errors import ConfigError
-from rlprompt.export import load_exported
+from rlprompt.evaluation.export import load_exported
+from rlprompt.optimizers.bandit_math import (
+    beta_update_many,
+    posterior_mean,
+    shrunk_posterior,
+    thompson_choice,
+)
 from rlprompt.optimizers.llm import normalize
+from rlprompt.prompt_set import context_key as joined_key
 from rlprompt.serve import store
 from rlprompt.task import Task
 
@@ -88,7 +94,7 @@ class Counts:
 
 def context_key(persona: str | None, stage: str | None, urgency: str | None) -> str:
     """ "persona|stage|urgency" (the export's per-context key), "*" for a part the request left out."""
-    return "|".join(part or ANY for part in (persona, stage, urgency))
+    return joined_key(part or ANY for part in (persona, stage, urgency))
 
 
 def task_arms(task: Task) -> list[ArmSpec]:
@@ -110,13 +116,13 @@ def portfolio_arms(paths: list[str], prompts: list[str], task: Task) -> list[Arm
             specs.append(ArmSpec(path.read_text().strip(), f"file:{path}", "manual"))
             continue
         data = load_exported(path)  # ConfigError names the file and the missing field
-        if data["task"] != task.name:
+        if data.task != task.name:
             raise ConfigError(
-                f"serve.portfolio: '{raw}' holds prompts for task '{data['task']}', not '{task.name}'"
+                f"serve.portfolio: '{raw}' holds prompts for task '{data.task}', not '{task.name}'"
             )
-        specs.append(ArmSpec(data["task_level"]["system_prompt"], f"export:{path}:task_level", "export"))
-        for key, entry in data["per_context"].items():
-            specs.append(ArmSpec(entry["system_prompt"], f"export:{path}:{key}", "export", context=key))
+        specs.append(ArmSpec(data.task_level.system_prompt, f"export:{path}:task_level", "export"))
+        for key, entry in data.per_context.items():
+            specs.append(ArmSpec(entry.system_prompt, f"export:{path}:{key}", "export", context=key))
     specs += [ArmSpec(t, f"serve.prompts[{i}]", "manual") for i, t in enumerate(prompts)]
     if not paths and not prompts:
         specs = task_arms(task)

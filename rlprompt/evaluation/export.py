@@ -4,9 +4,9 @@ Why a separate format from prompts.json: prompts.json is the trainer's working f
 is what leaves the project (pasted into another product, sent to another team, evaluated on
 other models), so it carries its provenance — schema version, config hash, evaluation reward
 with its CI — and is validated before it is written. `load_exported` turns any export (or a
-plain prompts.json) back into the prompts.json shape that every evaluator already reads, and
-`prompt_for` gives the same system prompt per scenario as `training_run.prompt_lookup`: the
-round trip is bit-identical in reward (tests/test_export.py). The schema is in
+plain prompts.json) back into the `PromptSet` that every evaluator already reads, so its
+lookup gives the same system prompt per scenario as the trained run's: the round trip is
+bit-identical in reward (tests/test_export.py). The schema is in
 docs/EXPORT_TRANSFER.md.
 
 Layout written by `export(source, out)`:
@@ -20,20 +20,19 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from rlprompt.env.prompting import check_prompt_text
 from rlprompt.errors import ConfigError
-from rlprompt.prompting import check_prompt_text
-from rlprompt.task import Scenario
+from rlprompt.prompt_set import HEADER_KEYS, PromptEntry, PromptSet, split_context_key
 
 if TYPE_CHECKING:
     from rlprompt.config import RunConfig
-    from rlprompt.evaluation import EvalResult
+    from rlprompt.evaluation.evaluate import EvalResult
     from rlprompt.rewards.factory import RewardSetup
     from rlprompt.targets.base import Target
 
@@ -41,25 +40,11 @@ SCHEMA_VERSION = 1
 KIND = "rlprompt.prompt_export"
 EXPORT_JSON, EXPORT_YAML, TEXT_DIR = "prompts.export.json", "prompts.export.yaml", "text"
 TASK_LEVEL_FILE = "task_level.txt"
-# The prompts.json keys (training_run.learned_prompts) that every exporter/loader agrees on.
-PROMPT_KEYS = (
-    "task",
-    "method",
-    "source_model",
-    "target_model",
-    "action_space",
-    "conditioning",
-    "prompt_template",
-    "base_instruction",
-)
-ENTRY_KEYS = ("text", "action_ids", "system_prompt")
 # Key names whose values are credentials. `*_env` keys are exempt: they name a variable, and the
 # variable's value is what must never be written (it is scrubbed by value below as well).
 SECRET_KEY = re.compile(r"(?i)(^|_)(api_?key|secret|password|passwd|token|credentials?|authorization)$")
 SECRET_ENV = re.compile(r"(?i)(key|token|secret|passw|credential|auth)")
 MIN_SECRET_CHARS = 6  # shorter env values ("1", "true") would redact innocent config values
-
-PromptFor = Callable[[Scenario], str]
 
 
 # ---------------------------------------------------------------- secrets + config hash
@@ -109,10 +94,10 @@ def canonical_config(raw: dict) -> dict:
 
     A config that is not a RunConfig (e.g. a comparison report's) is hashed as resolved.
     """
-    from rlprompt.config import validate
+    from rlprompt.config import validate_recorded
 
     try:
-        return asdict(validate(raw))
+        return asdict(validate_recorded(raw))
     except Exception:
         return raw
 
@@ -172,36 +157,28 @@ def context_file(key: str) -> str:
     return "__".join(safe_name(part) for part in key.split("|")) + ".txt"
 
 
-def _check_entry(entry: dict, where: str) -> None:
-    missing = [k for k in ENTRY_KEYS if k not in entry]
-    if missing:
-        raise ConfigError(f"{where}: missing field '{missing[0]}' (need {', '.join(ENTRY_KEYS)})")
-    check_prompt_text(entry["text"], where)
-    check_prompt_text(entry["system_prompt"], f"{where} (system prompt)")
+def _check_entry(entry: PromptEntry, where: str) -> None:
+    check_prompt_text(entry.text, where)
+    check_prompt_text(entry.system_prompt, f"{where} (system prompt)")
 
 
-def build_record(prompts: dict, evaluation: dict | None = None, config: dict | None = None) -> dict:
-    """A prompts.json dict → the versioned export record (validated; raises ConfigError)."""
-    missing = [k for k in (*PROMPT_KEYS, "task_level", "per_context") if k not in prompts]
-    if missing:
-        raise ConfigError(f"prompt set is missing field '{missing[0]}' (prompts.json shape)")
-    method = prompts["method"]
-    _check_entry(prompts["task_level"], f"{method}: task-level prompt")
+def build_record(prompts: PromptSet, evaluation: dict | None = None, config: dict | None = None) -> dict:
+    """A prompt set → the versioned export record (validated; raises ConfigError)."""
+    method = prompts.method
+    _check_entry(prompts.task_level, f"{method}: task-level prompt")
+    header = prompts.to_dict()
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "kind": KIND,
-        **{k: prompts[k] for k in PROMPT_KEYS},
-        "config_hash": config_hash(config) if config is not None else prompts.get("config_hash"),
-        "evaluation": evaluation if evaluation is not None else prompts.get("evaluation"),
-        "task_level": {
-            **{k: prompts["task_level"][k] for k in ENTRY_KEYS},
-            "file": f"{TEXT_DIR}/{TASK_LEVEL_FILE}",
-        },
+        **{k: header[k] for k in HEADER_KEYS},
+        "config_hash": config_hash(config) if config is not None else prompts.config_hash,
+        "evaluation": evaluation if evaluation is not None else prompts.evaluation,
+        "task_level": {**prompts.task_level.to_dict(), "file": f"{TEXT_DIR}/{TASK_LEVEL_FILE}"},
         "per_context": {},
     }
     used = {TASK_LEVEL_FILE}
-    for key, entry in prompts["per_context"].items():
-        parts = key.split("|")
+    for key, entry in prompts.per_context.items():
+        parts = split_context_key(key)
         if len(parts) != 3:
             raise ConfigError(f"{method}: context key {key!r} must be 'persona|stage|urgency'")
         _check_entry(entry, f"{method}: prompt for context '{key}'")
@@ -213,7 +190,7 @@ def build_record(prompts: dict, evaluation: dict | None = None, config: dict | N
             "persona": parts[0],
             "stage": parts[1],
             "urgency": parts[2],
-            **{k: entry[k] for k in ENTRY_KEYS},
+            **entry.to_dict(),
             "file": f"{TEXT_DIR}/{name}",
         }
     return record
@@ -242,7 +219,7 @@ class PromptSource:
     """One prompt set found in a source: `name` is its output subfolder ("" = the root)."""
 
     name: str
-    prompts: dict
+    prompts: PromptSet
     evaluation: dict | None = None
     config: dict | None = None
 
@@ -259,12 +236,12 @@ def prompt_sources(source: Path) -> list[PromptSource]:
         summary_file = source / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
         evaluation = evaluation_from_summary(summary) if summary else None
-        prompts = json.loads((source / "prompts.json").read_text())
+        prompts = load_exported(source / "prompts.json")
         return [PromptSource("", prompts, evaluation, read_config(source))]
     config = read_config(source)
     files = sorted((source / "prompts").glob("*.json"))
     if files:
-        return [PromptSource(f.stem, json.loads(f.read_text()), None, config) for f in files]
+        return [PromptSource(f.stem, load_exported(f), None, config) for f in files]
     if (source / "results.json").is_file():
         return _from_results(json.loads((source / "results.json").read_text()), config)
     raise ConfigError(
@@ -297,7 +274,9 @@ def _from_results(results: dict, config: dict | None) -> list[PromptSource]:
             }
         for seed, prompts in seeds.items():
             name = label if len(seeds) == 1 else f"{label}-seed{seed}"
-            out.append(PromptSource(name, prompts, evaluation, config))
+            out.append(
+                PromptSource(name, PromptSet.from_dict(prompts, f"results.json: {name}"), evaluation, config)
+            )
     return out
 
 
@@ -317,8 +296,8 @@ def export(source: str | Path, out: str | Path | None = None) -> list[Path]:
 # ---------------------------------------------------------------- loading back
 
 
-def load_exported(path: str | Path) -> dict:
-    """An export (.json/.yaml), a prompts.json, or a folder holding either → prompts.json shape.
+def load_exported(path: str | Path) -> PromptSet:
+    """An export (.json/.yaml), a prompts.json, or a folder holding either → its `PromptSet`.
 
     `evaluation` and `config_hash` ride along when present; everything the evaluators read is
     exactly what was exported, so scores reproduce bit for bit.
@@ -341,26 +320,7 @@ def load_exported(path: str | Path) -> dict:
         raise ConfigError(
             f"{path}: schema_version {version} is newer than this rlprompt reads ({SCHEMA_VERSION})"
         )
-    missing = [k for k in (*PROMPT_KEYS, "task_level", "per_context") if k not in data]
-    if missing:
-        raise ConfigError(f"{path}: missing field '{missing[0]}' (not a prompts.json or export)")
-    out = {k: data[k] for k in PROMPT_KEYS}
-    out["task_level"] = {k: data["task_level"][k] for k in ENTRY_KEYS}
-    out["per_context"] = {key: {k: e[k] for k in ENTRY_KEYS} for key, e in data["per_context"].items()}
-    for optional in ("evaluation", "config_hash"):
-        if data.get(optional) is not None:
-            out[optional] = data[optional]
-    return out
-
-
-def prompt_for(prompts: dict) -> PromptFor:
-    """Scenario → system prompt: its context's prompt if there is one, else the task-level one."""
-
-    def lookup(scenario: Scenario) -> str:
-        key = "|".join(scenario.context)
-        return prompts["per_context"].get(key, prompts["task_level"])["system_prompt"]
-
-    return lookup
+    return PromptSet.from_dict(data, str(path))
 
 
 def evaluate_exported(
@@ -370,34 +330,19 @@ def evaluate_exported(
     target: Target | None = None,
     reward: RewardSetup | None = None,
 ) -> EvalResult:
-    """Score an exported prompt set exactly as training_run.evaluate_run scores the learned prompts.
+    """Score an exported prompt set exactly as ppo.run.evaluate_run scores the learned prompts.
 
     Same task, reward, generation params, split and `eval.max_scenarios` → the same rewards as
     summary.json. `target` / `reward` may be passed in to reuse loaded models.
     """
-    from rlprompt.build import build_cache, build_target, generation_params
-    from rlprompt.evaluation import evaluate
-    from rlprompt.rewards.factory import reward_from_config
+    from rlprompt.evaluation.evaluate import build_evaluator
     from rlprompt.task import load_task
 
     prompts = load_exported(path)
     task = load_task(run.task.name, run.task.path)
-    if prompts["task"] != task.name:
-        raise ConfigError(f"{path}: prompts are for task '{prompts['task']}', config says '{task.name}'")
-    cache = build_cache(run.cache) if target is None or reward is None else None
-    target = target if target is not None else build_target(run.target, cache)
-    reward = reward if reward is not None else reward_from_config(run.reward, task, cache)
-    return evaluate(
-        task,
-        split,
-        prompt_for(prompts),
-        target,
-        reward.reward,
-        generation_params(run.target, run.seed),
-        run.eval.max_scenarios,
-        run.reward.turns,
-        reward.customer,
-    )
+    if prompts.task != task.name:
+        raise ConfigError(f"{path}: prompts are for task '{prompts.task}', config says '{task.name}'")
+    return build_evaluator(run, task, target, reward).evaluate(split, prompts)
 
 
 def verify_against_summary(export_path: str | Path, run_dir: str | Path) -> dict[str, tuple[float, float]]:
@@ -405,10 +350,10 @@ def verify_against_summary(export_path: str | Path, run_dir: str | Path) -> dict
 
     The two must be equal to the last bit: anything else means the export changed a prompt.
     """
-    from rlprompt.config import validate
+    from rlprompt.config import validate_recorded
 
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    run = validate(summary["config"])
+    run = validate_recorded(summary["config"])
     out = {}
     for split, entry in summary["splits"].items():
         result = evaluate_exported(export_path, run, split)

@@ -1,6 +1,6 @@
 """The comparison report: report.md (tables) and PNG plots, from results.json alone.
 
-Everything here reads the `results` dict written by `rlprompt.comparison`, so a report can be
+Everything here reads the `results` dict written by `rlprompt.experiments.comparison`, so a report can be
 re-drawn from a finished comparison without re-running a model.
 
 Plots (matplotlib, Agg backend: no display needed):
@@ -21,6 +21,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+
+from rlprompt.prompt_set import PromptSet
 
 PLOTS = ("curves.png", "heatmaps.png", "usage.png")
 
@@ -91,13 +93,14 @@ def parts_table(results: dict[str, Any]) -> str:
 def prompts_section(results: dict[str, Any]) -> str:
     lines = []
     for label, m in results["methods"].items():
-        for seed, prompts in m["prompts"].items():
-            n = len(prompts["per_context"])
+        for seed, raw in m["prompts"].items():
+            prompts = PromptSet.from_dict(raw)
+            n = len(prompts.per_context)
             where = f"task-level; {n} per-context prompts in prompts.json" if n else "task-level"
             # `text` is what the method chose (the learned part, or the whole instruction)
-            text = prompts["task_level"]["text"].replace("\n", " ")
+            text = prompts.task_level.text.replace("\n", " ")
             lines.append(
-                f"- **{label}** (seed {seed}, {where}, template {prompts['prompt_template']!r}): {text[:300]!r}"
+                f"- **{label}** (seed {seed}, {where}, template {prompts.prompt_template!r}): {text[:300]!r}"
             )
     return "\n".join(lines)
 
@@ -216,13 +219,9 @@ def plot_heatmaps(results: dict[str, Any], path: Path) -> None:
 
 def component_usage(results: dict[str, Any], method: dict[str, Any]) -> list[float]:
     """Share of the method's final prompts (per-context if any, else task-level) holding each phrase."""
-    entries = [
-        e
-        for prompts in method["prompts"].values()
-        for e in (list(prompts["per_context"].values()) or [prompts["task_level"]])
-    ]
+    entries = [e for raw in method["prompts"].values() for e in PromptSet.from_dict(raw).entries]
     return [
-        sum(c["phrase"] in e["system_prompt"] for e in entries) / max(len(entries), 1)
+        sum(c["phrase"] in e.system_prompt for e in entries) / max(len(entries), 1)
         for c in results["components"]
     ]
 
@@ -233,10 +232,10 @@ def plot_usage(results: dict[str, Any], path: Path) -> None:
     usage = np.array([component_usage(results, methods[label]) for label in labels])
     words: Counter[str] = Counter()
     for m in methods.values():
-        for prompts in m["prompts"].values():
-            if prompts.get("action_space") == "tokens":
-                entries = list(prompts["per_context"].values()) or [prompts["task_level"]]
-                words.update(w for e in entries for w in e["text"].split())
+        for raw in m["prompts"].values():
+            prompts = PromptSet.from_dict(raw)
+            if prompts.action_space == "tokens":
+                words.update(w for e in prompts.entries for w in e.text.split())
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.5 * len(labels) + 3.5))
     image = left.imshow(usage, vmin=0, vmax=1, cmap="Blues", aspect="auto")
     left.set_yticks(range(len(labels)), labels, fontsize=8)

@@ -9,7 +9,7 @@ over the task's hand-written base instruction *on that same target*, with a pair
 CI. A raw mean is not comparable across targets (a stronger model scores higher whatever the
 prompt); the gain over the target's own baseline is.
 
-Every cell is scored with rlprompt.evaluation.evaluate on the same split, scenarios, reward and
+Every cell is scored with rlprompt.evaluation.evaluate.evaluate on the same split, scenarios, reward and
 generation settings as training's held-out evaluation, through the shared response cache.
 """
 
@@ -28,8 +28,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlprompt.config import RunConfig, TargetConfig, config_dir
 from rlprompt.errors import ConfigError
-from rlprompt.evaluation import EvalResult, evaluate, paired_difference, win_rate
-from rlprompt.export import EXPORT_JSON, EXPORT_YAML, load_exported, prompt_for, prompt_sources
+from rlprompt.evaluation.evaluate import Evaluator, paired_difference, win_rate
+from rlprompt.evaluation.export import EXPORT_JSON, EXPORT_YAML, load_exported, prompt_sources
+from rlprompt.prompt_set import PromptSet
 
 log = logging.getLogger(__name__)
 DIRECT_FILES = (EXPORT_JSON, "prompts.json", EXPORT_YAML)
@@ -37,11 +38,11 @@ TARGET_CONFIGS = config_dir() / "target"
 
 
 @dataclass
-class PromptSet:
-    """One row: a prompts.json-shaped dict and its display label."""
+class PromptRow:
+    """One row: a prompt set and its display label."""
 
     label: str
-    prompts: dict
+    prompts: PromptSet
     source: str
 
 
@@ -74,7 +75,7 @@ class Matrix:
 # ---------------------------------------------------------------- inputs
 
 
-def load_prompt_sets(paths: list[str | Path]) -> list[PromptSet]:
+def load_prompt_sets(paths: list[str | Path]) -> list[PromptRow]:
     """Exports, prompts.json files, run folders or comparison reports → labelled rows.
 
     Labels are "method @ source model" (in a comparison report, the report's method label, with
@@ -82,7 +83,7 @@ def load_prompt_sets(paths: list[str | Path]) -> list[PromptSet]:
     that would share a label (e.g. the same method trained against different targets) get the
     training target appended, then a counter.
     """
-    found: list[tuple[dict, str, str]] = []  # (prompts, source file, method label)
+    found: list[tuple[PromptSet, str, str]] = []  # (prompts, source file, method label)
     for raw in paths:
         path = Path(raw)
         if path.is_dir() and not any((path / name).is_file() for name in DIRECT_FILES):
@@ -94,24 +95,24 @@ def load_prompt_sets(paths: list[str | Path]) -> list[PromptSet]:
                 for src in prompt_sources(path):
                     file = path / "prompts" / f"{src.name}.json"
                     source = file if file.is_file() else path / "results.json"
-                    found.append((src.prompts, str(source), src.name or src.prompts["method"]))
+                    found.append((src.prompts, str(source), src.name or src.prompts.method))
         else:
             prompts = load_exported(path)
-            found.append((prompts, str(path), prompts["method"]))
+            found.append((prompts, str(path), prompts.method))
     if not found:
         raise ConfigError("transfer needs at least one prompt set (+prompts=[...])")
-    labels = [f"{name} @ {p['source_model']}" for p, _, name in found]
+    labels = [f"{name} @ {p.source_model}" for p, _, name in found]
     dupes = {x for x in labels if labels.count(x) > 1}
     labels = [
-        f"{x} (trained on {p['target_model']})" if x in dupes else x for x, (p, _, _) in zip(labels, found)
+        f"{x} (trained on {p.target_model})" if x in dupes else x for x, (p, _, _) in zip(labels, found)
     ]
     seen: dict[str, int] = {}
     rows = []
     for label, (prompts, source, _) in zip(labels, found):
         seen[label] = seen.get(label, 0) + 1
         final = label if seen[label] == 1 else f"{label} #{seen[label]}"
-        rows.append(PromptSet(final, prompts, source))
-    tasks = {r.prompts["task"] for r in rows}
+        rows.append(PromptRow(final, prompts, source))
+    tasks = {r.prompts.task for r in rows}
     if len(tasks) > 1:
         raise ConfigError(
             f"prompt sets are for different tasks ({', '.join(sorted(tasks))}): one task per matrix"
@@ -164,14 +165,14 @@ def target_specs(raw: list[str | dict], overrides: dict | None = None) -> list[T
 
 
 def transfer_matrix(
-    sets: list[PromptSet], specs: list[TargetSpec], run: RunConfig, split: str = "test"
+    sets: list[PromptRow], specs: list[TargetSpec], run: RunConfig, split: str = "test"
 ) -> Matrix:
     """Score every prompt set and the base instruction on every target (one target loaded at a time)."""
     from rlprompt.build import build_cache, build_target, generation_params
     from rlprompt.rewards.factory import reward_from_config
     from rlprompt.task import load_task
 
-    task = load_task(sets[0].prompts["task"], run.task.path)
+    task = load_task(sets[0].prompts.task, run.task.path)
     cache = build_cache(run.cache)
     reward = reward_from_config(run.reward, task, cache)
     conf, n_boot = run.eval.confidence, run.eval.bootstrap
@@ -192,20 +193,8 @@ def transfer_matrix(
         target = build_target(spec.cfg, cache, role=f"transfer:{spec.label}")
         params = generation_params(spec.cfg, run.seed)
 
-        def score(prompt_fn, target=target, params=params) -> EvalResult:
-            return evaluate(
-                task,
-                split,
-                prompt_fn,
-                target,
-                reward.reward,
-                params,
-                run.eval.max_scenarios,
-                run.reward.turns,
-                reward.customer,
-            )
-
-        base = score(lambda s: task.base_instruction)
+        evaluator = Evaluator(task, target, reward, params, run.eval.max_scenarios, run.reward.turns)
+        base = evaluator.evaluate(split, task.base_instruction)
         matrix.n = len(base.rewards)
         matrix.baseline[spec.label] = base.interval(conf, n_boot).as_dict()
         matrix.targets[spec.label] = {
@@ -217,7 +206,7 @@ def transfer_matrix(
             "target_id": target.target_id,
         }
         for prompt_set in sets:
-            result = score(prompt_for(prompt_set.prompts))
+            result = evaluator.evaluate(split, prompt_set.prompts)
             matrix.cells[prompt_set.label][spec.label] = {
                 "reward": result.interval(conf, n_boot).as_dict(),
                 "gain": paired_difference(result, base, conf, n_boot).as_dict(),

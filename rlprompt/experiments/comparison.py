@@ -26,20 +26,19 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rlprompt.build import build_cache, build_target, check_run, generation_params, set_threads
-from rlprompt.checkpoint import write_json
-from rlprompt.config import OptimizerConfig, PolicyConfig, RunConfig
-from rlprompt.evaluation import EvalResult, Interval, bootstrap_ci, evaluate
+from rlprompt.build import check_run, set_threads
+from rlprompt.config import PolicyConfig, RunConfig
+from rlprompt.evaluation.evaluate import EvalResult, Interval, bootstrap_ci, build_evaluator
 from rlprompt.optimizers.base import OptimizerResult, run_optimizer
-from rlprompt.rewards.factory import reward_from_config
+from rlprompt.ppo.checkpoint import write_json
+from rlprompt.ppo.config import PPOConfig
 from rlprompt.task import Task, load_task
-from rlprompt.training_run import prompt_lookup
 
 log = logging.getLogger(__name__)
 EVAL_SPLITS = ("test", "heldout_persona")
@@ -50,6 +49,29 @@ REFERENCE = "manual"  # the hand-written prompt every method is compared against
 class MethodSpec:
     label: str  # row name in the report
     overrides: tuple[str, ...]  # Hydra overrides that select and configure the method
+
+    @property
+    def optimizer(self) -> str:
+        return next(o.partition("=")[2] for o in self.overrides if o.startswith("optimizer="))
+
+
+def method_overrides(optimizer: str, overrides: list[str]) -> list[str]:
+    """The user's overrides for one method: an `optimizer.<key>=` override (given to every method,
+    with `++` when the command line's own optimizer lacks the key) goes to the methods that have
+    the key, as a plain override; every other override goes to all."""
+    from rlprompt.config import optimizer_config_class
+
+    keys = {f.name for f in fields(optimizer_config_class(optimizer))}
+    out = []
+    for override in overrides:
+        plain = override.lstrip("+")
+        key = plain.partition("=")[0]
+        if key.startswith("optimizer.") and "." not in key.removeprefix("optimizer."):
+            if key.removeprefix("optimizer.") in keys:
+                out.append(plain)
+            continue
+        out.append(override)
+    return out
 
 
 _PPO = ("optimizer=ppo", "policy=tokens")
@@ -121,7 +143,14 @@ def plan_runs(
         PlannedRun(
             spec.label,
             seed,
-            compose([*overrides, *spec.overrides, f"optimizer.budget={budget}", f"seed={seed}"]),
+            compose(
+                [
+                    *method_overrides(spec.optimizer, overrides),
+                    *spec.overrides,
+                    f"optimizer.budget={budget}",
+                    f"seed={seed}",
+                ]
+            ),
         )
         for spec in MODES[mode]
         for seed in seeds
@@ -133,7 +162,7 @@ def plan_runs(
     return planned
 
 
-def terms_in_effect(opt: OptimizerConfig) -> dict[str, bool]:
+def terms_in_effect(opt: PPOConfig) -> dict[str, bool]:
     """Which PPO stabilizer / loss terms can change an update at these settings.
 
     A stage is in effect when it can change what it receives. The reward clip acts on z-scores
@@ -193,7 +222,7 @@ def check_ablation(planned: list[PlannedRun]) -> None:
 
 def run_comparison(planned: list[PlannedRun], out_dir: Path) -> dict[str, Any]:
     """Optimize every planned run (skipping finished ones), evaluate, write results.json + report."""
-    from rlprompt.report import write_report
+    from rlprompt.experiments.report import write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
     records: dict[str, MethodRecord] = {}
@@ -216,24 +245,16 @@ def evaluate_all(run: RunConfig, records: dict[str, MethodRecord]) -> dict[str, 
     """Greedy evaluation of every (method, seed) on the held-out splits, with a shared eval counter."""
     set_threads(run)
     task = load_task(run.task.name, run.task.path)
-    cache = build_cache(run.cache)
-    target = build_target(run.target, cache, role="eval")
-    reward = reward_from_config(run.reward, task, cache)
-    params = generation_params(run.target, run.seed)
-
-    def score(prompt_for, split: str) -> EvalResult:
-        return evaluate(
-            task, split, prompt_for, target, reward.reward, params, run.eval.max_scenarios,
-            run.reward.turns, reward.customer,
-        )  # fmt: skip
+    evaluator = build_evaluator(run, task, role="eval")
+    target = evaluator.target
 
     started = time.perf_counter()
-    reference = {split: score(lambda s: task.base_instruction, split) for split in EVAL_SPLITS}
+    reference = {split: evaluator.evaluate(split, task.base_instruction) for split in EVAL_SPLITS}
     eval_seconds: dict[str, float] = {}
     for record in records.values():
         t0 = time.perf_counter()
         for result in record.results:
-            record.evals.append({split: score(prompt_lookup(result.prompts), split) for split in EVAL_SPLITS})
+            record.evals.append({split: evaluator.evaluate(split, result.prompts) for split in EVAL_SPLITS})
         eval_seconds[record.label] = time.perf_counter() - t0
     eval_stats = {
         "eval_calls": target.counter.calls,
@@ -316,7 +337,7 @@ def summarize(
         "optimize_seconds": float(np.mean([r.seconds for r in results])),
         "eval_seconds": eval_seconds,
         "curves": {str(r.seed): r.curve for r in results},
-        "prompts": {str(r.seed): r.prompts for r in results},
+        "prompts": {str(r.seed): r.prompts.to_dict() for r in results},
         "extra": {str(r.seed): r.extra for r in results},
     }
 

@@ -6,16 +6,9 @@ seconds per scored conversation, so "is this reward worth its CPU time" is answe
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-import numpy as np
-
-from rlprompt.conversation import run_conversations
-from rlprompt.evaluation import Interval, bootstrap_ci
-from rlprompt.rewards.factory import RewardSetup
-from rlprompt.targets.base import GenerationParams, Target
-from rlprompt.task import Task
+from rlprompt.evaluation.evaluate import Evaluator, Interval, bootstrap_ci
 
 
 @dataclass
@@ -63,44 +56,41 @@ class ScoreReport:
 
 
 def score_prompt(
-    task: Task,
+    evaluator: Evaluator,
     split: str,
     system_prompt: str | None,
-    target: Target,
-    reward: RewardSetup,
-    params: GenerationParams,
-    turns: int = 0,
     limit: int | None = None,
     confidence: float = 0.95,
     n_boot: int = 2000,
 ) -> ScoreReport:
-    """Play every scenario of `split` (or the first `limit`) with `system_prompt` and score it."""
+    """Play every scenario of `split` (or the first `limit`) with `system_prompt` and score it.
+
+    One batch (so the module timings are per conversation of one scoring call), through
+    `Evaluator.evaluate` like every other score.
+    """
+    task = evaluator.task
     scenarios = task.split(split)[:limit] if limit else task.split(split)
-    started = time.perf_counter()
-    samples = run_conversations(
-        target, scenarios, [system_prompt] * len(scenarios), params, turns, reward.customer
-    )
-    rollout_s = time.perf_counter() - started
-    batch = reward.reward.score(samples)
-    n = len(samples)
+    one_batch = replace(evaluator, batch_size=max(len(scenarios), 1))
+    result = one_batch.evaluate(split, system_prompt, scenarios)
+    n = len(result.rewards)
     rows = [
         ModuleRow(
             name=name,
             weight=weight,
             low=module.low,
             high=module.high,
-            interval=bootstrap_ci(batch.parts[name].numpy(), confidence, n_boot),
-            seconds_per_conversation=batch.seconds[name] / n,
+            interval=bootstrap_ci(result.parts[name], confidence, n_boot),
+            seconds_per_conversation=result.module_seconds[name] / n,
         )
-        for name, (module, weight) in reward.reward.modules.items()
+        for name, (module, weight) in evaluator.reward.reward.modules.items()
     ]
     return ScoreReport(
         split=split,
         n=n,
         system_prompt=system_prompt,
-        total=bootstrap_ci(np.asarray(batch.total), confidence, n_boot),
+        total=bootstrap_ci(result.rewards, confidence, n_boot),
         modules=rows,
-        rollout_seconds_per_conversation=rollout_s / n,
-        example_reply=samples[0].first_reply,
-        example_reasons={name: reasons[0] for name, reasons in batch.reasons.items()},
+        rollout_seconds_per_conversation=result.rollout_seconds / n,
+        example_reply=result.replies[0],
+        example_reasons={name: reasons[0] for name, reasons in result.reasons.items()},
     )

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from rlprompt.action_spaces import ACTION_SPACES, ActionSpace, check_policy
 from rlprompt.config import PolicyConfig
 from rlprompt.errors import ConfigError
+from rlprompt.policy.action_spaces import ACTION_SPACES, ActionSpace, check_policy
 from rlprompt.task import Task
 
 MASKED = -1e9  # finite "minus infinity": keeps softmax/entropy free of NaN

@@ -22,17 +22,19 @@ import numpy as np
 import torch
 
 from rlprompt.build import build_cache, build_target, generation_params, set_threads
-from rlprompt.checkpoint import check_resume, write_json
 from rlprompt.config import RunConfig
-from rlprompt.evaluation import EvalResult, evaluate, paired_difference, win_rate
-from rlprompt.learning import Candidate, plot_learning_curve, reward_rise
+from rlprompt.env.prompting import check_prompt_text
+from rlprompt.evaluation.evaluate import EvalResult, Evaluator, paired_difference, win_rate
 from rlprompt.models import load_model
-from rlprompt.policy import PromptPolicy
-from rlprompt.prompting import check_prompt_text
+from rlprompt.policy.policy import PromptPolicy
+from rlprompt.ppo.callbacks import CheckpointCallback, TensorBoardLogger, TrainerCallback
+from rlprompt.ppo.checkpoint import check_resume, run_meta, write_json
+from rlprompt.ppo.learning import Candidate, plot_learning_curve, reward_rise
+from rlprompt.ppo.trainer import TASK_LEVEL_CONTEXT, PPOTrainer, TrainerConfig
+from rlprompt.prompt_set import PromptEntry, PromptSet, context_key, write_prompts
 from rlprompt.rewards.factory import reward_from_config
 from rlprompt.targets.cache import CachedTarget, CallCounter
 from rlprompt.task import Scenario, load_task
-from rlprompt.trainer import TASK_LEVEL_CONTEXT, PPOTrainer
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_trainer(run: RunConfig, run_dir: Path, accelerator=None) -> PPOTrainer:
+def build_trainer(
+    run: RunConfig, run_dir: Path, accelerator=None, callbacks: list[TrainerCallback] | None = None
+) -> PPOTrainer:
+    """The run's PPO trainer, with TensorBoard logging, `callbacks`, then checkpoints (in that
+    order after every step)."""
     set_threads(run)
     seed_everything(run.seed)
     task = load_task(run.task.name, run.task.path)
@@ -56,83 +62,82 @@ def build_trainer(run: RunConfig, run_dir: Path, accelerator=None) -> PPOTrainer
     reward = reward_from_config(run.reward, task, cache)
     backbone, tokenizer = load_model(run.policy.backbone, run.policy.dtype)
     policy = PromptPolicy(run.policy, task, backbone, tokenizer)
+    rank = accelerator.process_index if accelerator else 0
+    run_dir = Path(run_dir)
     return PPOTrainer(
-        run, task, policy, target, reward, generation_params(run.target, run.seed), run_dir, accelerator
+        TrainerConfig.from_run(run),
+        task,
+        policy,
+        target,
+        reward,
+        generation_params(run.target, run.seed),
+        accelerator,
+        [
+            TensorBoardLogger(run_dir / "tb", run.log_every, is_main=rank == 0),
+            *(callbacks or []),
+            CheckpointCallback(
+                run_dir / "checkpoints",
+                run.checkpoint_every,
+                Path(run.resume) if run.resume else None,
+                meta=run_meta(run, world),
+            ),
+        ],
     )
 
 
-def learned_prompts(trainer: PPOTrainer) -> dict:
+def learned_prompts(trainer: PPOTrainer, run: RunConfig) -> PromptSet:
     """Greedy prompt per context (context-conditioned) and the task-level prompt, as in prompts.json."""
     policy, task = trainer.policy, trainer.task
     contexts = task.contexts
-    texts = [
-        Scenario(id="", persona=p, stage=s, urgency=u, customer="-").context_text() for p, s, u in contexts
-    ]
+    texts = [Scenario.for_context(c).context_text() for c in contexts]
     per_context = (
-        policy.sample(texts, greedy=True)
-        if trainer.run.policy.conditioning == "context_conditioned"
-        else None
+        policy.sample(texts, greedy=True) if run.policy.conditioning == "context_conditioned" else None
     )
     task_level = policy.sample([TASK_LEVEL_CONTEXT], greedy=True)
 
-    def entry(prompt: str, ids: torch.Tensor) -> dict:
+    def entry(prompt: str, ids: torch.Tensor) -> PromptEntry:
         check_prompt_text(prompt, "learned prompt")
-        return {"text": prompt, "action_ids": ids.tolist(), "system_prompt": trainer.system_prompt(prompt)}
+        return PromptEntry(prompt, trainer.system_prompt(prompt), ids.tolist())
 
-    out = {
-        "task": task.name,
-        "method": f"ppo-{trainer.run.policy.action_space}",
-        "source_model": trainer.run.policy.backbone,
-        "target_model": trainer.run.target.model,
-        "action_space": trainer.run.policy.action_space,
-        "conditioning": trainer.run.policy.conditioning,
-        "prompt_template": trainer.run.prompt.template,
-        "base_instruction": task.base_instruction,
-        "task_level": entry(task_level.prompts[0], task_level.actions[0]),
-        "per_context": {},
-    }
+    out = PromptSet(
+        task=task.name,
+        method=f"ppo-{run.policy.action_space}",
+        source_model=run.policy.backbone,
+        target_model=run.target.model,
+        action_space=run.policy.action_space,
+        conditioning=run.policy.conditioning,
+        prompt_template=run.prompt.template,
+        base_instruction=task.base_instruction,
+        task_level=entry(task_level.prompts[0], task_level.actions[0]),
+    )
     if per_context is not None:
-        for (p, s, u), prompt, ids in zip(contexts, per_context.prompts, per_context.actions):
-            out["per_context"][f"{p}|{s}|{u}"] = entry(prompt, ids)
+        for context, prompt, ids in zip(contexts, per_context.prompts, per_context.actions):
+            out.per_context[context_key(context)] = entry(prompt, ids)
     return out
 
 
-def prompt_lookup(prompts: dict):
-    """Scenario → system prompt for a prompts.json dict (per-context if present, else task-level)."""
-
-    def prompt_for(scenario: Scenario) -> str:
-        key = "|".join(scenario.context)
-        return prompts["per_context"].get(key, prompts["task_level"])["system_prompt"]
-
-    return prompt_for
+def run_evaluator(trainer: PPOTrainer, run: RunConfig, target: CachedTarget) -> Evaluator:
+    """The trainer's task, reward and generation params with an evaluation `target`."""
+    return Evaluator(
+        trainer.task, target, trainer.reward, trainer.params, run.eval.max_scenarios, run.reward.turns
+    )
 
 
-def evaluate_run(trainer: PPOTrainer, prompts: dict, target: CachedTarget | None = None) -> dict:
+def evaluate_run(
+    trainer: PPOTrainer, run: RunConfig, prompts: PromptSet, target: CachedTarget | None = None
+) -> dict:
     """Learned prompts vs the base instruction on `run.eval.splits`. `target` defaults to the
     trainer's model on its own unbudgeted "eval" counter: evaluation is never charged to
-    `optimizer.budget` (as in rlprompt/comparison.py)."""
-    run, task = trainer.run, trainer.task
+    `optimizer.budget` (as in rlprompt/experiments/comparison.py)."""
+    task = trainer.task
     target = target if target is not None else trainer.target.with_counter(CallCounter(role="eval"))
-    reward = trainer.reward
+    evaluator = run_evaluator(trainer, run, target)
     summary: dict = {"splits": {}}
     pooled: dict[str, list[EvalResult]] = {}  # the decision split: every held-out split but val
     for split in run.eval.splits:
         results: dict[str, EvalResult] = {}
-        for name, prompt_for in (
-            ("learned", prompt_lookup(prompts)),
-            ("base_instruction", lambda s: task.base_instruction),
-        ):
-            results[name] = evaluate(
-                task,
-                split,
-                prompt_for,
-                target,
-                reward.reward,
-                trainer.params,
-                run.eval.max_scenarios,
-                run.reward.turns,
-                reward.customer,
-            )
+        for name, played in (("learned", prompts), ("base_instruction", task.base_instruction)):
+            results[name] = evaluator.evaluate(split, played)
         learned, base = results["learned"], results["base_instruction"]
         entry = {name: r.summary(run.eval.confidence, run.eval.bootstrap) for name, r in results.items()}
         diff = paired_difference(learned, base, run.eval.confidence, run.eval.bootstrap)
@@ -197,36 +202,33 @@ def concat_results(results: list[EvalResult]) -> EvalResult:
     )
 
 
-def select_task_prompt(trainer: PPOTrainer, prompts: dict, target: CachedTarget) -> dict | None:
+def select_task_prompt(
+    trainer: PPOTrainer, run: RunConfig, prompts: PromptSet, target: CachedTarget
+) -> dict | None:
     """Ship the candidate task-level prompt with the best `val` reward (RLPrompt's model selection).
 
     Candidates: the policy's greedy prompt at `eval.select_checkpoints` checkpoints (early stopping)
     and its `eval.select_samples` best-rewarded sampled prompts. Val is then spent on selection, so
     the claim rests on test + heldout_persona. Returns the selection table, or None when off.
     """
-    run, task = trainer.run, trainer.task
+    task = trainer.task
     candidates = trainer.learning.candidates()
-    final = prompts["task_level"]
-    if final["text"] not in {c.text for c in candidates}:
-        candidates.append(Candidate(final["text"], final["action_ids"], f"greedy@{trainer.step_index}"))
+    final = prompts.task_level
+    if final.text not in {c.text for c in candidates}:
+        candidates.append(Candidate(final.text, final.action_ids, f"greedy@{trainer.step_index}"))
     if len(candidates) < 2:
         return None
 
+    evaluator = run_evaluator(trainer, run, target)
+
     def on_val(system_prompt: str) -> EvalResult:
-        return evaluate(
-            task, "val", lambda s: system_prompt, target, trainer.reward.reward, trainer.params,
-            run.eval.max_scenarios, run.reward.turns, trainer.reward.customer,
-        )  # fmt: skip
+        return evaluator.evaluate("val", system_prompt)
 
     rows = [(c, on_val(trainer.system_prompt(c.text))) for c in candidates]
     base = on_val(task.base_instruction)
     best, _ = max(rows, key=lambda row: float(row[1].rewards.mean()))
     check_prompt_text(best.text, "selected prompt")
-    prompts["task_level"] = {
-        "text": best.text,
-        "action_ids": best.action_ids,
-        "system_prompt": trainer.system_prompt(best.text),
-    }
+    prompts.task_level = PromptEntry(best.text, trainer.system_prompt(best.text), best.action_ids)
     return {
         "split": "val",
         "chosen": best.text,
@@ -252,21 +254,20 @@ def run_training(run: RunConfig, run_dir: Path, accelerator=None) -> dict | None
     total_calls = trainer.total_target_calls()  # collective: every rank takes part
     if not trainer.is_main:
         return None
-    prompts = learned_prompts(trainer)
+    prompts = learned_prompts(trainer, run)
     train_seconds = trainer.train_seconds
     eval_target = trainer.target.with_counter(CallCounter(role="eval"))  # outside the budget
     selection = None
     if run.eval.select_checkpoints or run.eval.select_samples:
-        selection = select_task_prompt(trainer, prompts, eval_target)
-    write_json(run_dir / "prompts.json", prompts)
-    (run_dir / "prompt.txt").write_text(prompts["task_level"]["system_prompt"] + "\n")
-    summary = evaluate_run(trainer, prompts, eval_target)
+        selection = select_task_prompt(trainer, run, prompts, eval_target)
+    write_prompts(run_dir, prompts)
+    summary = evaluate_run(trainer, run, prompts, eval_target)
     write_learning_curve(run_dir / "learning_curve.png", trainer, selection)
     counter = trainer.target.counter  # training: this rank's; target_calls sums all ranks
     summary.update(
         {
             "task": run.task.name,
-            "method": prompts["method"],
+            "method": prompts.method,
             "steps": trainer.step_index,
             "processes": trainer.world,
             "target_calls": total_calls,
@@ -279,7 +280,7 @@ def run_training(run: RunConfig, run_dir: Path, accelerator=None) -> dict | None
             "phase_seconds": dict(trainer.phases.seconds),
             "target_completion_tokens": counter.completion_tokens,
             "wall_seconds": time.perf_counter() - started,
-            "task_level_prompt": prompts["task_level"]["text"],
+            "task_level_prompt": prompts.task_level.text,
             "selection": selection,
             "training_reward": {"steps": trainer.learning.steps, "mean": trainer.learning.reward},
             "training_reward_rise": reward_rise(trainer.learning.reward),

@@ -1,11 +1,12 @@
-"""The PPO loop: rollout → score → stabilize → update → log → checkpoint.
+"""The PPO loop: rollout → score → stabilize → update, then the callbacks (log, checkpoint).
 
 Per step, C training contexts are drawn; the policy writes G prompts for each (context-
 conditioned) or G prompts shared by all C (task-level); the target answers every (scenario,
 prompt) pair through the cache; the reward scores the conversations; rewards are stabilized per
-scenario across its prompts (RLPrompt's z-score); PPO updates the head on the cached hidden
-states. Under accelerate, each rank takes a slice of the contexts, gradients are all-reduced,
-and only the main process writes.
+scenario across its prompts (RLPrompt's z-score); `ppo_update` updates the head on the cached
+hidden states. Under accelerate, each rank takes a slice of the contexts, gradients are averaged
+with `accelerator.reduce`, and only the main process writes. The trainer reads only its own
+`TrainerConfig`; logging and checkpoints are `TrainerCallback`s (rlprompt/ppo/callbacks.py).
 """
 
 from __future__ import annotations
@@ -16,21 +17,21 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from rlprompt import ppo
-from rlprompt.checkpoint import Checkpointer, check_trainable_state, run_meta
-from rlprompt.config import RunConfig
-from rlprompt.conversation import run_conversations
-from rlprompt.distributed import agree_on_stop
+from rlprompt.config import PromptConfig, RunConfig
+from rlprompt.env.conversation import run_conversations
+from rlprompt.env.prompting import assemble_system_prompt
 from rlprompt.errors import ConfigError, TargetError
-from rlprompt.learning import LearningLog, step_diagnostics
-from rlprompt.policy import PromptPolicy, Rollout
-from rlprompt.prompting import assemble_system_prompt
+from rlprompt.policy.policy import PromptPolicy
+from rlprompt.ppo import losses as ppo
+from rlprompt.ppo.callbacks import CheckpointCallback, StepEnd, TrainerCallback
+from rlprompt.ppo.config import PPOConfig
+from rlprompt.ppo.distributed import agree_on_stop
+from rlprompt.ppo.learning import LearningLog, step_diagnostics
+from rlprompt.ppo.update import StepBatch, UpdateStats, accelerate_gradient_sync, per_prompt_mean, ppo_update
 from rlprompt.rewards.factory import RewardSetup
 from rlprompt.targets.base import GenerationParams
 from rlprompt.targets.cache import BudgetExhausted, CachedTarget
@@ -41,33 +42,46 @@ TASK_LEVEL_CONTEXT = "Any customer type, any stage, any urgency."
 
 
 @dataclass
-class StepBatch:
-    """One step's experience on this rank."""
+class TrainerConfig:
+    """What the PPO loop reads: the PPO settings and the few run settings that shape a step."""
 
-    rollout: Rollout  # B prompts
-    scenarios: list[Scenario]  # (N,) one per scored conversation
-    prompt_index: torch.Tensor  # (N,) rollout row that wrote the prompt for conversation n
-    group: torch.Tensor  # (N,) z-score group: the scenario, shared by the prompts competing on it
-    raw_reward: torch.Tensor  # (N,) reward before stabilization
-    parts: dict[str, torch.Tensor]  # module → (N,)
-    advantages: torch.Tensor  # (B,) stabilized reward averaged over each prompt's conversations
+    ppo: PPOConfig
+    prompt: PromptConfig  # how a learned prompt joins the base instruction
+    conditioning: str = "context_conditioned"  # policy.conditioning
+    turns: int = 0  # reward.turns: simulated-customer turns per conversation
+    seed: int = 0
+    select_checkpoints: int = 0  # eval.select_checkpoints: greedy prompts recorded for selection
+    select_samples: int = 0  # eval.select_samples: best sampled prompts kept for selection
+
+    @classmethod
+    def from_run(cls, run: RunConfig) -> TrainerConfig:
+        return cls(
+            ppo=run.optimizer,  # type: ignore[arg-type]  (PPOConfig for optimizer=ppo|components)
+            prompt=run.prompt,
+            conditioning=run.policy.conditioning,
+            turns=run.reward.turns,
+            seed=run.seed,
+            select_checkpoints=run.eval.select_checkpoints,
+            select_samples=run.eval.select_samples,
+        )
 
 
 class PPOTrainer:
     def __init__(
         self,
-        run: RunConfig,
+        config: TrainerConfig,
         task: Task,
         policy: PromptPolicy,
         target: CachedTarget,
         reward: RewardSetup,
         params: GenerationParams,
-        run_dir: Path,
         accelerator=None,
+        callbacks: list[TrainerCallback] | None = None,
     ) -> None:
-        self.run, self.cfg, self.task, self.policy = run, run.optimizer, task, policy
-        self.target, self.reward, self.params, self.run_dir = target, reward, params, Path(run_dir)
+        self.config, self.cfg, self.task, self.policy = config, config.ppo, task, policy
+        self.target, self.reward, self.params = target, reward, params
         self.accelerator = accelerator
+        self.callbacks = list(callbacks or [])
         self.rank = accelerator.process_index if accelerator else 0
         self.world = accelerator.num_processes if accelerator else 1
         self.is_main = self.rank == 0
@@ -79,6 +93,7 @@ class PPOTrainer:
         self.contexts = sorted({s.context for s in self.train_scenarios})
         self.params_trainable = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params_trainable, lr=self.cfg.lr, eps=self.cfg.adam_eps)
+        self.sync_gradients = accelerate_gradient_sync(accelerator) if self.world > 1 else None
         self.stabilizer = ppo.StabilizerConfig(
             shaping=self.cfg.shaping,
             shaping_scale=self.cfg.shaping_scale,
@@ -88,21 +103,18 @@ class PPOTrainer:
         )
         self.low, self.high = reward_bounds(reward.reward)
         # Same context draws on every rank (each takes its slice); own sampling noise per rank.
-        self.context_rng = random.Random(run.seed)
-        self.sample_gen = torch.Generator().manual_seed(run.seed * 1000 + self.rank)
+        self.context_rng = random.Random(config.seed)
+        self.sample_gen = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
         self.step_index = 0
+        self.train_seconds = 0.0
         self.phases = PhaseTimer()  # seconds per phase of a step (benchmarks/trainer_overhead.py)
         self.reward_stats = RunningStats()
         # Reward curve, greedy prompts at checkpoints, best samples (learning_curve.png, selection)
-        self.learning = LearningLog(keep_samples=run.eval.select_samples)
-        self.checkpointer = Checkpointer(
-            self.run_dir / "checkpoints", self.rank, self.is_main, meta=run_meta(run, self.world)
-        )
-        self.writer = None
-        if self.is_main:
-            from torch.utils.tensorboard import SummaryWriter
+        self.learning = LearningLog(keep_samples=config.select_samples)
 
-            self.writer = SummaryWriter(str(self.run_dir / "tb"))
+    def callback(self, kind: type) -> TrainerCallback:
+        """The trainer's callback of class `kind` (e.g. its CheckpointCallback)."""
+        return next(c for c in self.callbacks if isinstance(c, kind))
 
     # ------------------------------------------------------------------ experience
 
@@ -133,17 +145,17 @@ class PPOTrainer:
         scenarios = self.draw_contexts()
         G = self.cfg.prompts_per_context
         with self.phases.time("policy_sampling"):
-            if self.run.policy.conditioning == "context_conditioned":
+            if self.config.conditioning == "context_conditioned":
                 rollout = self.policy.sample(
                     [s.context_text() for s in scenarios for _ in range(G)], generator=self.sample_gen
                 )
                 rows = [(s, i * G + g, i) for i, s in enumerate(scenarios) for g in range(G)]
-            elif self.run.policy.conditioning == "task_level":
+            elif self.config.conditioning == "task_level":
                 rollout = self.policy.sample([TASK_LEVEL_CONTEXT] * G, generator=self.sample_gen)
                 rows = [(s, g, i) for i, s in enumerate(scenarios) for g in range(G)]
             else:
                 raise ConfigError(
-                    f"unknown policy.conditioning '{self.run.policy.conditioning}'. "
+                    f"unknown policy.conditioning '{self.config.conditioning}'. "
                     "Valid: context_conditioned, task_level"
                 )
         row_scenarios = [r[0] for r in rows]
@@ -152,13 +164,12 @@ class PPOTrainer:
         system = [self.system_prompt(rollout.prompts[i]) for i in prompt_index.tolist()]
         with self.phases.time("target_generation"):
             samples = run_conversations(
-                self.target, row_scenarios, system, self.params, self.run.reward.turns, self.reward.customer
+                self.target, row_scenarios, system, self.params, self.config.turns, self.reward.customer
             )
         with self.phases.time("reward"):
             scored = self.reward.reward.score(samples)
         stabilized = ppo.stabilize(scored.total, group, self.low, self.high, self.stabilizer)
-        advantages = torch.zeros(len(rollout)).index_add_(0, prompt_index, stabilized)
-        advantages /= torch.bincount(prompt_index, minlength=len(rollout)).clamp_min(1)
+        advantages, _ = per_prompt_mean(stabilized, prompt_index, len(rollout))
         return StepBatch(
             rollout,
             row_scenarios,
@@ -170,62 +181,13 @@ class PPOTrainer:
         )
 
     def system_prompt(self, learned: str) -> str:
-        return assemble_system_prompt(self.task.base_instruction, learned, self.run.prompt)
-
-    # ------------------------------------------------------------------ update
-
-    def update(self, batch: StepBatch) -> dict[str, float]:
-        rollout, cfg = batch.rollout, self.cfg
-        B, K = rollout.actions.shape
-        advantages = ppo.sequence_advantages(batch.advantages.to(rollout.hidden.device), K)  # (B, K)
-        with torch.no_grad():
-            ref_logits = self.policy.action_logits(rollout, reference=True) if cfg.kl_coef > 0 else None
-        stats: dict[str, list[float]] = {
-            k: [] for k in ("pg_loss", "kl", "entropy", "approx_kl", "clipfrac", "grad_norm")
-        }
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(B, generator=self.sample_gen)
-            for mb in order.chunk(cfg.minibatches):
-                mb_rollout = _select(rollout, mb)
-                logits = self.policy.action_logits(mb_rollout)  # (b, K, A)
-                logprobs = torch.log_softmax(logits, -1).gather(-1, mb_rollout.actions[..., None]).squeeze(-1)
-                pg_loss, diag = ppo.clipped_policy_loss(
-                    logprobs, mb_rollout.logprobs, advantages[mb], cfg.clip_eps
-                )
-                entropy = ppo.entropy_bonus(_entropy(logits))
-                kl = (
-                    ppo.kl_to_reference(logits, ref_logits[mb]) if ref_logits is not None else torch.zeros(())
-                )
-                loss = ppo.ppo_loss(pg_loss, kl, entropy, cfg.kl_coef, cfg.entropy_coef)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self._all_reduce_gradients()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params_trainable, cfg.max_grad_norm)
-                self.optimizer.step()
-                for name, value in (
-                    ("pg_loss", pg_loss),
-                    ("kl", kl),
-                    ("entropy", entropy),
-                    ("approx_kl", diag["approx_kl"]),
-                    ("clipfrac", diag["clipfrac"]),
-                    ("grad_norm", grad_norm),
-                ):
-                    stats[name].append(float(value.detach()))
-        return {k: sum(v) / len(v) for k, v in stats.items()}
-
-    def _all_reduce_gradients(self) -> None:
-        if self.world == 1:
-            return
-        for p in self.params_trainable:
-            if p.grad is not None:
-                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                p.grad /= self.world
+        return assemble_system_prompt(self.task.base_instruction, learned, self.config.prompt)
 
     # ------------------------------------------------------------------ loop
 
     def train(self) -> None:
-        if self.run.resume:
-            self.load(Path(self.run.resume))
+        for callback in self.callbacks:
+            callback.on_train_begin(self)
         total = self.cfg.steps
         bar = tqdm(
             total=total, initial=self.step_index, disable=not self.is_main, desc="ppo", dynamic_ncols=True
@@ -240,68 +202,56 @@ class PPOTrainer:
                 batch, failure = None, err
             # All ranks stop at the same step (one that stopped alone would wait for the others forever).
             failure = agree_on_stop(failure, self.accelerator)
+            if failure is not None:
+                for callback in self.callbacks:
+                    callback.on_stop(self, failure, rng_before)
             if isinstance(failure, BudgetExhausted):
                 log.info("stopping at step %d: %s", self.step_index, failure)
-                if self.step_index % self.run.checkpoint_every:  # the last whole step, for resume=
-                    self.save(rng_before)
                 break
             if failure is not None:
                 # The target failed for good mid-step. Replies it did deliver are cached; the step's
                 # half-drawn randomness is discarded, so resume=<run dir> redoes exactly this step.
-                self.save(rng_before)
                 bar.close()
+                saved = [c.folder for c in self.callbacks if isinstance(c, CheckpointCallback)]
+                where = f"checkpointed in {saved[0]}" if saved else "not checkpointed"
                 raise TargetError(
                     f"{failure}. Training stopped in step {self.step_index + 1}; the {self.step_index} "
-                    f"completed steps are checkpointed in {self.run_dir / 'checkpoints'}"
+                    f"completed steps are {where}"
                 ) from failure
             with self.phases.time("update"):
-                stats = self.update(batch)
+                stats = ppo_update(
+                    batch, self.policy, self.optimizer, self.params_trainable, self.cfg, self.sample_gen,
+                    self.sync_gradients,
+                )  # fmt: skip
             self.step_index += 1
             with self.phases.time("logging_checkpoint"):
-                self.record(batch, stats, time.perf_counter() - step_started)
-                if self.step_index % self.run.checkpoint_every == 0 or self.step_index == total:
-                    self.save()
+                step = self.finish_step(batch, stats, time.perf_counter() - step_started)
+                for callback in self.callbacks:
+                    callback.on_step_end(self, step)
             bar.update(1)
             bar.set_postfix(reward=f"{self.reward_stats.last_mean:.3f}", calls=self.target.counter.calls)
         bar.close()
         self.train_seconds = time.perf_counter() - started
         self.check_replicas_in_sync()
-        if self.writer:
-            self.writer.flush()
+        for callback in self.callbacks:
+            callback.on_train_end(self)
 
-    def record(self, batch: StepBatch, stats: dict[str, float], seconds: float) -> None:
+    def finish_step(self, batch: StepBatch, stats: UpdateStats, seconds: float) -> StepEnd:
+        """Gather every rank's rewards (a collective) and feed the run's own records."""
         rewards = self._gather(batch.raw_reward)
         parts = {k: self._gather(v) for k, v in batch.parts.items()}
         self.reward_stats.update(rewards)
         self.track_learning(batch, float(rewards.mean()), stats)
-        if not self.is_main or self.step_index % self.run.log_every:
-            return
-        counter = self.target.counter
-        scalars = {
-            "reward/mean": float(rewards.mean()),
-            "reward/std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-            **{f"reward/{k}": float(v.mean()) for k, v in parts.items()},
-            **{f"ppo/{k}": v for k, v in stats.items()},
-            "budget/target_calls": counter.calls,  # this rank's; summary.json holds all ranks' total
-            "budget/cache_hit_rate": counter.hit_rate,
-            **{f"budget/{name}_calls": c.calls for name, c in self.reward.counters.items()},
-            **{f"diag/{k}": v for k, v in self.learning.diagnostics[-1].items()},
-            "time/steps_per_s": 1.0 / max(seconds, 1e-9),
-            **{f"time/{name}_s": value for name, value in self.phases.seconds.items()},
-        }
-        for name, value in scalars.items():
-            self.writer.add_scalar(name, value, self.step_index)
+        return StepEnd(batch, stats, seconds, rewards, parts)
 
-    def track_learning(self, batch: StepBatch, mean_reward: float, stats: dict[str, float]) -> None:
+    def track_learning(self, batch: StepBatch, mean_reward: float, stats: UpdateStats) -> None:
         """Feed the LearningLog: step reward, sampled task-level prompts, greedy prompt at checkpoints."""
         diagnostics = step_diagnostics(batch.rollout.prompts, batch.group, batch.raw_reward)
-        diagnostics.update(entropy=stats["entropy"], kl=stats["kl"])
+        diagnostics.update(entropy=stats.entropy, kl=stats.kl)
         self.learning.record_step(self.step_index, mean_reward, diagnostics)
-        if self.run.policy.conditioning != "task_level":
+        if self.config.conditioning != "task_level":
             return
-        counts = torch.bincount(batch.prompt_index, minlength=len(batch.rollout))
-        means = torch.zeros(len(batch.rollout)).index_add_(0, batch.prompt_index, batch.raw_reward)
-        means /= counts.clamp_min(1)
+        means, counts = per_prompt_mean(batch.raw_reward, batch.prompt_index, len(batch.rollout))
         self.learning.record_samples(
             self.step_index,
             batch.rollout.prompts,
@@ -309,8 +259,8 @@ class PPOTrainer:
             means.tolist(),
             counts.tolist(),
         )
-        every = max(1, math.ceil(self.cfg.steps / max(1, self.run.eval.select_checkpoints)))
-        if self.run.eval.select_checkpoints and (
+        every = max(1, math.ceil(self.cfg.steps / max(1, self.config.select_checkpoints)))
+        if self.config.select_checkpoints and (
             self.step_index % every == 0 or self.step_index == self.cfg.steps
         ):
             greedy = self.policy.sample([TASK_LEVEL_CONTEXT], greedy=True)
@@ -362,17 +312,10 @@ class PPOTrainer:
             "torch_rng": torch.get_rng_state(),
         }
 
-    def save(self, rng: dict | None = None) -> None:
-        """Checkpoint the last whole step. The rank file holds the RNG streams (`rng`: as they were
-        before a failed step, so resume redoes it) and the counters as they are (every paid call)."""
-        rank_file = {**(rng or self.rank_state()), "counters": self.counter_state()}
-        self.checkpointer.save(self.step_index, self.state(), rank_file, self.accelerator)
-
-    def load(self, run_dir: Path) -> None:
-        shared, mine = Checkpointer(run_dir / "checkpoints", self.rank, self.is_main).load_latest()
+    def load_state(self, shared: dict, mine: dict) -> None:
+        """Continue from a checkpoint: `shared` = `state()`, `mine` = this rank's `rank_state()` +
+        counters (CheckpointCallback reads and checks them)."""
         self.step_index = shared["step"]
-        # Names and shapes checked here, so strict=False only skips the frozen backbone (not saved).
-        check_trainable_state(self.policy.trainable_state(), shared["policy"])
         self.policy.load_state_dict(shared["policy"], strict=False)
         self.optimizer.load_state_dict(shared["optimizer"])
         self.reward_stats.load_state_dict(shared["reward_stats"])
@@ -385,8 +328,6 @@ class PPOTrainer:
         self.context_rng.setstate(mine["context_rng"])
         self.sample_gen.set_state(mine["sample_gen"])
         torch.set_rng_state(mine["torch_rng"])
-        if self.is_main:
-            log.info("resumed from %s at step %d", run_dir, self.step_index)
 
 
 class PhaseTimer:
@@ -425,20 +366,3 @@ def reward_bounds(function) -> tuple[float, float]:
     low = sum(min(w * m.low, w * m.high) for m, w in function.modules.values())
     high = sum(max(w * m.low, w * m.high) for m, w in function.modules.values())
     return low, high
-
-
-def _select(rollout: Rollout, idx: torch.Tensor) -> Rollout:
-    rows = idx.tolist()
-    return Rollout(
-        context_texts=[rollout.context_texts[i] for i in rows],
-        actions=rollout.actions[idx],
-        logprobs=rollout.logprobs[idx],
-        hidden=rollout.hidden[idx],
-        prompts=[rollout.prompts[i] for i in rows],
-    )
-
-
-def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    from trl.trainer.utils import entropy_from_logits
-
-    return entropy_from_logits(logits)

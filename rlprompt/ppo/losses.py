@@ -1,6 +1,6 @@
 """PPO with RLPrompt's reward stabilization, as pure functions.
 
-Each function is one term of the papers, named as there, so the loop in trainer.py reads like
+Each function is one term of the papers, named as there, so the update in update.py reads like
 the math. References:
 - PPO clipped surrogate: Schulman et al. 2017, https://arxiv.org/abs/1707.06347 ; naming follows
   CleanRL's ppo.py (https://github.com/vwxyzjn/cleanrl/blob/master/cleanrl/ppo.py).

@@ -160,7 +160,9 @@ def config_changes(saved: dict, current: dict, defaults: dict | None = None) -> 
     """`key: old → new` for every key outside `RESUMABLE_KEYS` whose value differs.
 
     A key the saved config lacks (a field added to the code since the run started) counts as
-    changed only when its current value is not the field's default.
+    changed only when its current value is not the field's default. An `optimizer.*` key the
+    current config lacks (another method's setting: older runs recorded one flat OptimizerConfig
+    holding every method's) cannot change what this run learns, and is skipped.
     """
     old, new, default = _flatten(saved), _flatten(current), _flatten(defaults or {})
     changes = []
@@ -168,6 +170,8 @@ def config_changes(saved: dict, current: dict, defaults: dict | None = None) -> 
         if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS):
             continue
         if key not in old and key in default and new.get(key) == default[key]:
+            continue
+        if key not in new and key.startswith("optimizer."):
             continue
         if old.get(key, _ABSENT) != new.get(key, _ABSENT):
             changes.append(f"{key}: {_show(old.get(key, _ABSENT))} → {_show(new.get(key, _ABSENT))}")
@@ -198,12 +202,12 @@ def _hydra_config(path: Path) -> dict | None:
     """The run's composed Hydra config as a RunConfig dict, or None when it is absent or unreadable."""
     from omegaconf import OmegaConf
 
-    from rlprompt.config import validate
+    from rlprompt.config import validate_recorded
 
     if not path.is_file():
         return None
     try:
-        return _jsonable(asdict(validate(OmegaConf.load(path))))
+        return _jsonable(asdict(validate_recorded(OmegaConf.load(path))))
     except Exception as err:  # an old or hand-edited file: nothing to compare against
         log.warning("resume: cannot read %s (%s); the config is not compared", path, err)
         return None

@@ -1,0 +1,1 @@
+"""Experiments over many runs: the optimizer comparison, its report, the transfer matrix."""

@@ -1,0 +1,1 @@
+"""The prompt policy: a frozen backbone with a trainable head, and its action spaces (tokens, components)."""

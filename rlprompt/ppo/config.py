@@ -1,0 +1,36 @@
+"""The PPO trainer's settings (`optimizer=ppo` and `optimizer=components`).
+
+Kept apart from the trainer so that validating a config needs no torch: the defaults are the
+ones every PPO run has had (configs/optimizer/ppo.yaml and components.yaml set the tuned values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlprompt.config import OptimizerConfig
+
+
+@dataclass
+class PPOConfig(OptimizerConfig):
+    """PPO (RLPrompt, Deng et al. 2022) with its reward stabilizers; each term switches off."""
+
+    steps: int = 80
+    contexts_per_step: int = 4  # C
+    prompts_per_context: int = 4  # G
+    lr: float = 2e-5
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 5.0
+    ppo_epochs: int = 4
+    minibatches: int = 2
+    clip_eps: float = 0.2
+    kl_coef: float = 0.05  # 0 switches the KL penalty off
+    entropy_coef: float = 0.001  # 0 switches the entropy bonus off
+    shaping: bool = True  # linear [low, high] → [0, shaping_scale]
+    shaping_scale: float = 5.0
+    zscore: bool = True  # per-context z-score across the G prompts (RLPrompt)
+    reward_clip: float = 3.0  # 0 switches clipping off
+    # Floor on a group's std in the z-score (stabilized units, after shaping): a group whose prompts
+    # score almost alike gets a small advantage instead of noise blown up to +-1. 0 = RLPrompt's 1e-4.
+    zscore_min_std: float = 0.0
+    stratify_stages: bool = False  # each step's C contexts cycle through the task's stages
