@@ -191,7 +191,7 @@ TINY = [
     "optimizer.prompts_per_context=2",
     "target.max_new_tokens=8",
     "eval.max_scenarios=3",
-    "eval.splits=[test]",
+    "eval.splits=[test,heldout_persona]",  # two held-out splits: summary.json also holds the pooled one
     "threads=1",
     "checkpoint_every=1000",
 ]
@@ -212,7 +212,9 @@ def test_trained_run_round_trip_is_bit_identical(tmp_path):
     assert record["evaluation"]["test"]["reward"] == summary["splits"]["test"]["learned"]["reward"]
     assert record["config_hash"] == config_hash(summary["config"])
     # Re-scored through the shared cache (what scripts/export.py --verify does) ...
-    for split, (expected, got) in verify_against_summary(written, run_dir).items():
+    verified = verify_against_summary(written, run_dir)
+    assert "test+heldout_persona" in verified  # the pooled entry once crashed --verify ("unknown split")
+    for split, (expected, got) in verified.items():
         assert got == expected, split
     # ... and generated afresh, without any cache, from the YAML export and from prompts.json.
     from rlprompt.build import build_target, generation_params

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import yaml
 
 from rlprompt.env.prompting import check_prompt_text
@@ -354,8 +355,16 @@ def verify_against_summary(export_path: str | Path, run_dir: str | Path) -> dict
 
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
     run = validate_recorded(summary["config"])
+    scored: dict[str, np.ndarray] = {}
     out = {}
     for split, entry in summary["splits"].items():
-        result = evaluate_exported(export_path, run, split)
-        out[split] = (entry["learned"]["reward"]["mean"], float(result.rewards.mean()))
+        # a pooled entry ("test+heldout_persona") is its parts' rewards concatenated, as the run did
+        parts = split.split("+")
+        for part in parts:
+            if part not in scored:
+                scored[part] = evaluate_exported(export_path, run, part).rewards
+        out[split] = (
+            entry["learned"]["reward"]["mean"],
+            float(np.concatenate([scored[p] for p in parts]).mean()),
+        )
     return out
