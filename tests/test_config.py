@@ -132,10 +132,29 @@ def test_every_config_group_option_composes_into_its_dataclass(group, option):
     expected = OPTIMIZER_CONFIGS.get(option) if group == "optimizer" else GROUP_CLASSES[group]
     assert type(section) is expected, (group, option, type(section))
     raw = OmegaConf.to_container(OmegaConf.load(CONFIGS / group / f"{option}.yaml"))
+    raw.pop("defaults", None)  # a group file's defaults list selects other groups, not its own fields
     assert set(raw) <= {f.name for f in fields(section)}
     for key, value in raw.items():
         if value != "???":  # a mandatory value (target=openai's model) keeps the dataclass default
             assert getattr(section, key) == value, (group, option, key)
+
+
+def test_optimizer_components_selects_its_policy_group_and_refuses_a_token_policy():
+    """`optimizer=components` alone selects `policy=components` through its own defaults list (no
+    setting forced at run time); a token policy under it is refused with the fix, not overridden."""
+    from rlprompt.optimizers.ppo import ComponentsOptimizer
+
+    alone = compose_validated("config", ["optimizer=components"])
+    explicit = compose_validated("config", ["optimizer=components", "policy=components"])
+    assert alone.policy == explicit.policy and alone.policy.action_space == "components"
+    assert (
+        compose_validated("config", ["optimizer=components", "policy.prompt_length=3"]).policy.prompt_length
+        == 3
+    )
+    assert ComponentsOptimizer(None).configure(alone) is alone
+    contradiction = compose_validated("config", ["optimizer=components", "policy=tokens"])
+    with pytest.raises(ConfigError, match=r"policy\.action_space is 'tokens'.*optimizer=ppo"):
+        ComponentsOptimizer(None).configure(contradiction)
 
 
 @pytest.mark.parametrize("config_name", ["config", "gateway", "transfer"])

@@ -181,7 +181,10 @@ def test_every_optimizer_has_a_config_file_listing_exactly_its_dataclass_fields(
     without `+`), and no other method's key is."""
     for name in OPTIMIZERS.names():
         raw = yaml.safe_load((CONFIGS / "optimizer" / f"{name}.yaml").read_text())
-        assert raw["name"] == name and "defaults" not in raw
+        # a defaults list may only select another group (components: its policy), never share defaults
+        selects = [key for entry in raw.pop("defaults", []) for key in entry]
+        assert all(key.startswith("override /") for key in selects), (name, selects)
+        assert raw["name"] == name
         assert set(raw) == {f.name for f in fields(OPTIMIZER_CONFIGS.get(name))}, name
 
 

@@ -83,13 +83,13 @@ MODES: dict[str, tuple[MethodSpec, ...]] = {
         MethodSpec("opro", ("optimizer=opro",)),
         MethodSpec("bandit", ("optimizer=bandit",)),
         MethodSpec("ppo", _PPO),
-        MethodSpec("components", ("optimizer=components", "policy=components")),
+        MethodSpec("components", ("optimizer=components",)),
     ),
     # benchmarks/sample_efficiency.py: the learning methods only (+ the reference).
     "efficiency": (
         MethodSpec("manual", ("optimizer=manual",)),
         MethodSpec("ppo", _PPO),
-        MethodSpec("components", ("optimizer=components", "policy=components")),
+        MethodSpec("components", ("optimizer=components",)),
         MethodSpec("opro", ("optimizer=opro",)),
         MethodSpec("bandit", ("optimizer=bandit",)),
     ),

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rlprompt.config import RunConfig
+from rlprompt.errors import ConfigError
 from rlprompt.optimizers.base import (
     BestSoFar,
     OptimizerContext,
@@ -63,7 +64,7 @@ class PPOOptimizer:
         from rlprompt.ppo.run import build_trainer, learned_prompts
 
         run = self.configure(self.ctx.private_run)
-        check_run(run)  # after configure (components forces its action space), before models load
+        check_run(run)  # after configure (components checks its action space), before models load
         budget = run.optimizer.budget
         if budget is not None:
             # Every step spends at most C×G calls and almost always at least one, so `budget` steps
@@ -99,13 +100,20 @@ def _ppo(ctx: OptimizerContext) -> PPOOptimizer:
 
 
 class ComponentsOptimizer(PPOOptimizer):
-    """PPO over the task's phrase bank: `policy.action_space=components` is forced here, so
-    `optimizer=components` alone selects the method (configs/policy/components.yaml tunes the rest)."""
+    """PPO over the task's phrase bank. `optimizer=components` selects `policy=components` in its
+    own defaults list (configs/optimizer/components.yaml), so no setting is forced here; a policy
+    over another action set is a contradiction, refused before any model loads."""
 
     method = "components"
 
     def configure(self, run: RunConfig) -> RunConfig:
-        return replace(run, policy=replace(run.policy, action_space="components"))
+        if run.policy.action_space != "components":
+            raise ConfigError(
+                f"optimizer=components trains a policy over the task's phrase bank, but "
+                f"policy.action_space is '{run.policy.action_space}'. Drop the policy override "
+                "(optimizer=components selects policy=components) or use optimizer=ppo for tokens."
+            )
+        return run
 
     def usage(self, trainer: PPOTrainer, prompts: PromptSet) -> dict[str, int]:
         """How often each component is chosen across the greedy per-context prompts."""
