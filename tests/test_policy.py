@@ -110,6 +110,30 @@ def test_a_rule_ends_at_its_period_and_the_forced_tail_carries_no_gradient(backb
     )
 
 
+def test_a_rule_that_has_not_ended_by_the_last_token_ends_there(backbone, task):
+    """With 6 tokens most rules are still going at the last position; the period is forced there
+    (log-prob 0), so every shipped rule is a finished sentence. Stop 19's seed 0 shipped "Always
+    provide the customer with the most recent car model and the most" before this."""
+    model, tokenizer = backbone
+    cfg = PolicyConfig(
+        conditioning="task_level", prompt_length=6, top_k=16, prompt_lead="Always", answer_start="Rule:",
+        prefix_template="Write one rule for what a {role} should do in every reply to a customer. {context}",
+        end_with_period=True,
+    )  # fmt: skip
+    policy = PromptPolicy(cfg, task, model, tokenizer)
+    stop = tokenizer.convert_tokens_to_ids(".")
+    rollout = policy.sample([""] * 16, generator=torch.Generator().manual_seed(0))
+    assert all(p.endswith(".") and p.count(".") == 1 for p in rollout.prompts), rollout.prompts
+    assert torch.all(rollout.actions[:, -1] == stop)
+    cut = rollout.actions[:, :-1].ne(stop).all(1)  # rules whose period is the forced last token
+    assert cut.any()  # the case this test is about does occur at K = 6
+    assert torch.all(rollout.logprobs[cut, -1] == 0.0)  # forced: no policy gradient, no KL there
+    logp = torch.log_softmax(policy.action_logits(rollout), -1)
+    assert torch.allclose(
+        logp.gather(-1, rollout.actions[..., None]).squeeze(-1), rollout.logprobs, atol=1e-4
+    )
+
+
 def test_components_are_distinct_and_decode_to_phrases(backbone, task):
     model, tokenizer = backbone
     policy = PromptPolicy(PolicyConfig(action_space="components", prompt_length=4), task, model, tokenizer)

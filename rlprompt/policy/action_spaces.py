@@ -189,15 +189,18 @@ class TokenActions:
         return self._stop_masks(logits, positions, ended)
 
     def _stop_masks(self, logits: torch.Tensor, positions: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
-        """(B, K, V) logits with the period barred before `MIN_TOKENS_BEFORE_PERIOD` and forced after it."""
+        """(B, K, V) logits with the period barred before `MIN_TOKENS_BEFORE_PERIOD`, forced after it,
+        and forced at the last position: a rule that has not ended by then ends there, so no
+        prompt.txt ships a rule cut off mid-phrase ("... and the most", seed 0 of stop 19)."""
         device = logits.device
         early = (positions < MIN_TOKENS_BEFORE_PERIOD).to(device)  # (B, K)
+        last = (positions >= self.prompt_length - 1).to(device)  # (B, K)
         stop_column = logits[..., self.stop_id]
         logits = logits.clone()
         logits[..., self.stop_id] = torch.where(early, torch.full_like(stop_column, MASKED), stop_column)
         forced = torch.full_like(logits[0, 0], MASKED)
         forced[self.stop_id] = 0.0
-        return torch.where(ended.to(device)[..., None], forced, logits)
+        return torch.where((ended.to(device) | last)[..., None], forced, logits)
 
     def decode(self, actions: torch.Tensor) -> str:
         ids = actions.tolist()
