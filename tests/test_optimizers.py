@@ -241,6 +241,8 @@ def test_bandit_retires_refills_and_resumes_exactly(tmp_path):
 def test_ppo_wrappers_never_exceed_their_budget(tmp_path, name):
     run = fake_run(name, tmp_path, budget=13, contexts_per_step=2, prompts_per_context=4, ppo_epochs=1)
     run["policy"] = {"conditioning": "task_level", "prompt_length": 2}
+    if name == "components":  # a plain dict gets no Hydra defaults list: name the action set
+        run["policy"]["action_space"] = "components"
     result = run_optimizer(validate(run), tmp_path / name)
     assert 0 < result.target_calls <= 13  # one step of 8 calls; the second would overspend
     assert result.extra["steps"] == 1 and len(result.curve) == 1
