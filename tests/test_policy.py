@@ -79,16 +79,22 @@ def test_words_mask_keeps_prompts_readable(backbone, task):
     assert mask[rollout.actions].all()
 
 
-def test_a_rule_ends_at_its_period_and_the_forced_tail_carries_no_gradient(backbone, task):
+def rule_policy(backbone, task, prompt_length: int):
+    """The default rule-writing policy (period-ended, task level) and 16 rules it samples."""
     model, tokenizer = backbone
     cfg = PolicyConfig(
-        conditioning="task_level", prompt_length=12, top_k=16, prompt_lead="Always", answer_start="Rule:",
+        conditioning="task_level", prompt_length=prompt_length, top_k=16, prompt_lead="Always",
+        answer_start="Rule:", end_with_period=True,
         prefix_template="Write one rule for what a {role} should do in every reply to a customer. {context}",
-        end_with_period=True,
     )  # fmt: skip
     policy = PromptPolicy(cfg, task, model, tokenizer)
     stop = tokenizer.convert_tokens_to_ids(".")
-    rollout = policy.sample([""] * 16, generator=torch.Generator().manual_seed(0))
+    return cfg, policy, stop, policy.sample([""] * 16, generator=torch.Generator().manual_seed(0))
+
+
+def test_a_rule_ends_at_its_period_and_the_forced_tail_carries_no_gradient(backbone, task):
+    model, tokenizer = backbone
+    cfg, policy, stop, rollout = rule_policy(backbone, task, prompt_length=12)
     ended = [p for p in rollout.prompts if p.endswith(".")]
     assert len(ended) >= 4, rollout.prompts  # the backbone finishes most rules within 12 tokens
     for row, prompt in zip(rollout.actions.tolist(), rollout.prompts):
@@ -114,15 +120,7 @@ def test_a_rule_that_has_not_ended_by_the_last_token_ends_there(backbone, task):
     """With 6 tokens most rules are still going at the last position; the period is forced there
     (log-prob 0), so every shipped rule is a finished sentence. Stop 19's seed 0 shipped "Always
     provide the customer with the most recent car model and the most" before this."""
-    model, tokenizer = backbone
-    cfg = PolicyConfig(
-        conditioning="task_level", prompt_length=6, top_k=16, prompt_lead="Always", answer_start="Rule:",
-        prefix_template="Write one rule for what a {role} should do in every reply to a customer. {context}",
-        end_with_period=True,
-    )  # fmt: skip
-    policy = PromptPolicy(cfg, task, model, tokenizer)
-    stop = tokenizer.convert_tokens_to_ids(".")
-    rollout = policy.sample([""] * 16, generator=torch.Generator().manual_seed(0))
+    _, policy, stop, rollout = rule_policy(backbone, task, prompt_length=6)
     assert all(p.endswith(".") and p.count(".") == 1 for p in rollout.prompts), rollout.prompts
     assert torch.all(rollout.actions[:, -1] == stop)
     cut = rollout.actions[:, :-1].ne(stop).all(1)  # rules whose period is the forced last token
