@@ -26,6 +26,7 @@ import numpy as np
 from rlprompt.errors import ConfigError
 from rlprompt.rewards.base import RewardFunction, Sample
 from rlprompt.task import Scenario, Task
+from rlprompt.task_validation import check_history
 
 PREFERENCES_FILE = "preferences.jsonl"
 FRESH_FILE = "preferences_fresh.jsonl"
@@ -154,12 +155,7 @@ def _read_pairs(task: Task, file: Path, valid_splits: tuple[str, ...]) -> list[P
             raise ConfigError(
                 f"{file}:{number}: not a preference pair ({err}); one JSON object per line"
             ) from err
-        roles = [turn.get("role") if isinstance(turn, dict) else None for turn in scenario.history]
-        if any(role not in ("user", "assistant") for role in roles):
-            raise ConfigError(
-                f"{file}:{number}: field 'history' has a turn with role {next(r for r in roles if r not in ('user', 'assistant'))!r}; "
-                "each turn is {role: user|assistant, content: str} (the customer is 'user')"
-            )
+        check_history(scenario.history, f"{file}:{number}")
         if pair.split not in valid_splits:
             raise ConfigError(
                 f"{file}:{number}: split '{pair.split}'; valid: {', '.join(valid_splits)} in {file.name}"

@@ -87,15 +87,7 @@ def load_scenarios(path: Path) -> list[Scenario]:
         values = fields.take(
             id=str, persona=str, stage=str, urgency=str, customer=str, optional=dict(history=list)
         )
-        for turn in values.get("history", []):
-            if (
-                not isinstance(turn, dict)
-                or turn.get("role") not in ("user", "assistant")
-                or not isinstance(turn.get("content"), str)
-            ):
-                raise ConfigError(
-                    f"{path}:{line_no}: field 'history' must hold {{role: user|assistant, content: str}} turns"
-                )
+        check_history(values.get("history", []), f"{path}:{line_no}")
         if not values["customer"].strip():
             raise ConfigError(f"{path}:{line_no}: field 'customer' is empty")
         scenarios.append(Scenario(**values))
@@ -168,4 +160,16 @@ def check_references(task: Task, file: Path) -> None:
             raise ConfigError(
                 f"{scenario_file}: context persona='{persona}' stage='{stage}' urgency='{level}' has {n} "
                 f"scenarios; every context needs at least {MIN_SCENARIOS_PER_CONTEXT}"
+            )
+
+
+def check_history(history: list, where: str) -> None:
+    """Earlier turns must be {role: user|assistant, content: str}: a chat template (and every reward
+    module, which reads the customer's turns as role 'user') silently mishandles any other role."""
+    for turn in history:
+        role = turn.get("role") if isinstance(turn, dict) else None
+        if role not in ("user", "assistant") or not isinstance(turn.get("content"), str):
+            raise ConfigError(
+                f"{where}: field 'history' has a turn with role {role!r}; each turn is "
+                "{role: user|assistant, content: str} (the customer is 'user')"
             )
