@@ -35,7 +35,7 @@ from rlprompt.errors import RewardError
 from rlprompt.models import cache_root
 from rlprompt.rewards.base import RewardResult, Sample, register_reward, replies_to_score
 from rlprompt.rewards.expert import CONDUCT_FACTORS, ExpertReward, _vader
-from rlprompt.rewards.similarity import SimilarityReward
+from rlprompt.rewards.similarity import SimilarityReward, load_embedder
 from rlprompt.rewards.text import words
 from rlprompt.rewards.tone import TONE_FEATURES, ToneFeatures
 from rlprompt.task import Scenario, Task
@@ -174,7 +174,9 @@ class PreferenceReward:
             )
         self.replies = replies
         self.features = features or PairFeatures(task, embedder)
-        cacheable = features is None and embedder is None  # the default features, fully determined
+        # The default features are fully determined, also with the shared default embedder that
+        # `reward_from_config` hands over (counting that as custom skipped the memo on every run).
+        cacheable = features is None and (embedder is None or embedder is load_embedder())
         chosen, rejected = self._pair_features(task, pairs, cacheable)
         both = torch.cat([chosen, rejected])
         std = both.std(0)

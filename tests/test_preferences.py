@@ -198,3 +198,27 @@ def test_pair_features_are_memoised_on_disk_and_keyed_by_the_pairs(task, tmp_pat
     assert torch.equal(PreferenceReward(task).weights, first.weights)
     PreferenceReward(task, split="dev")
     assert len(list((tmp_path / "preference").glob("*.pt"))) == 2  # other pairs, other key
+
+
+def test_the_reward_a_run_builds_reads_the_memo_too(task, tmp_path, monkeypatch):
+    """`reward_from_config` hands the module the shared MiniLM embedder; the memo once counted that
+    as custom features and was skipped, so every run, compare method and test re-embedded 512 pairs
+    (50 s at one thread). The shared embedder is the default one: its features are memoised."""
+    import torch
+
+    from rlprompt.config import RewardConfig
+    from rlprompt.rewards.factory import reward_from_config
+    from rlprompt.rewards.preference import PairFeatures
+
+    monkeypatch.setenv("RLPROMPT_CACHE", str(tmp_path))
+    cfg = RewardConfig(name="preference", modules={"preference": 1.0})
+    first = reward_from_config(cfg, task, None)
+    assert len(list((tmp_path / "preference").glob("*.pt"))) == 1
+
+    def refuse(self, items):
+        raise AssertionError("pair features recomputed although memoised")
+
+    monkeypatch.setattr(PairFeatures, "__call__", refuse)
+    again = reward_from_config(cfg, task, None)
+    (module, _), (before, _) = again.reward.modules["preference"], first.reward.modules["preference"]
+    assert torch.equal(module.weights, before.weights)
