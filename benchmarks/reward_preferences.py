@@ -4,12 +4,13 @@
     python benchmarks/reward_preferences.py --panel         # + the 9-prompt panel on test+heldout_persona
     python benchmarks/reward_preferences.py --panel --splits val   # the panel on val (for tuning)
 
-1. Pairs (512 expert pairs in 8 categories: `preferences.jsonl` dev / heldout halves,
-   `preferences_fresh.jsonl`, `preferences_audit.jsonl`): pairwise accuracy of every reward module
-   alone and of the composites, per category and overall. `preference` is fit on all of them, so
-   those tables are in-sample; generalisation is measured by cross-validation: fit on the rest ->
-   score audit, and 4-fold CV over all pairs stratified by category.
-   `preferences_audit2.jsonl` (split `audit2`, 128 pairs written blind, never fit or tuned on) is
+1. Pairs (640 expert pairs in 8 categories: `preferences.jsonl` dev / heldout halves,
+   `preferences_fresh.jsonl`, `preferences_audit.jsonl`, `preferences_audit2.jsonl`): pairwise
+   accuracy of every reward module alone and of the composites, per category and overall.
+   `preference` is fit on all of them, so those tables are in-sample; generalisation is measured by
+   cross-validation: fit on the rest -> score audit2 (the last set written blind), and 4-fold CV
+   over all pairs stratified by category.
+   `preferences_audit3.jsonl` (split `audit3`, 128 pairs written blind, never fit or tuned on) is
    read only when `--pair-splits` names it, and reported as the final test.
 2. Panel (`--panel`): a fixed list of system prompts in the order a person expects (rude first,
    base plus good-practice additions last). Each is played by the target on held-out scenarios and
@@ -81,7 +82,7 @@ def pairs_report(task, splits: list[str]) -> dict:
 
 
 def cross_validation(task, pairs: list, k: int = 4, seed: int = 0) -> dict:
-    """Accuracy on pairs the preference model was not fit on: the rest -> audit, and k-fold.
+    """Accuracy on pairs the preference model was not fit on: the rest -> audit2, and k-fold.
 
     Only `preference` is refit per fold (the other modules are not fit on pairs); the composites
     reuse its out-of-fold scores. Features are computed once and shared across folds.
@@ -91,7 +92,7 @@ def cross_validation(task, pairs: list, k: int = 4, seed: int = 0) -> dict:
     folds = stratified_folds(pairs, k, seed)
     splits = np.array([p.split for p in pairs])
     schemes = {
-        **({"the rest -> audit": [(splits != "audit", splits == "audit")]} if "audit" in splits else {}),
+        **({"the rest -> audit2": [(splits != "audit2", splits == "audit2")]} if "audit2" in splits else {}),
         f"{k}-fold CV (stratified, seed {seed})": [(folds != i, folds == i) for i in range(k)],
     }
     figures = {}
@@ -201,8 +202,8 @@ def main() -> None:
     parser.add_argument(
         "--pair-splits",
         nargs="+",
-        default=["dev", "heldout", "fresh", "audit"],
-        help="pair splits to read; add 'audit2' for the final test (never while tuning)",
+        default=["dev", "heldout", "fresh", "audit", "audit2"],
+        help="pair splits to read; add 'audit3' for the final test (never while tuning)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = parser.parse_args()

@@ -45,6 +45,17 @@ DISMISSIVE = [
     "Your call, it's your money.",
     "I can't hold everyone's hand.",
     "Maybe look at something you can actually afford.",
+    # talking down without a rude word (stop 20): the request is excessive, everyone else copes
+    "Most customers manage that part on their own.",
+    "It's all in the manual, nothing special about it.",
+    "That's just how it is, there's nothing to discuss.",
+    "If it's that important to you, I suppose we can.",
+    "You'll be served in turn like everyone else.",
+    "As I'm sure you already know, it's standard.",
+    "It's self-explanatory once you actually look at it.",
+    "There's a waiting area, you can sit there until I'm free.",
+    "I'd have expected you to know that already.",
+    "Nobody else has ever needed that explained.",
 ]
 RESPECTFUL = [
     "Happy to help with that.",
@@ -71,6 +82,12 @@ RESPECTFUL = [
     "We can go as slowly as you like.",
     "I'll check with my manager and come straight back to you.",
     "Here is the information, take a look.",
+    "It would be my pleasure to arrange that for you.",
+    "I'm really glad you asked me that.",
+    "You've clearly thought this through, I like that.",
+    "Let me take care of that for you personally.",
+    "I want you to feel completely comfortable with it.",
+    "Thanks so much for your patience with me.",
 ]
 HYPE = [
     "You're going to love it!",

@@ -74,7 +74,11 @@ RUDE = re.compile(
     r"use your head|seriously\?|any other (dumb|silly) questions|i'?m busy|next customer|pretty basic|"
     r"most people know|everyone knows|you (really )?should (already )?know|doesn'?t make mistakes|"
     r"if you really (feel|need|want)|i'?d have thought|i suppose|like i said|as i already said|"
-    r"cheapest thing|that'?s probably what you|not rocket science|any idiot|it'?s not that hard|calm down)\b",
+    r"cheapest thing|that'?s probably what you|not rocket science|any idiot|it'?s not that hard|calm down|"
+    # talking down without a rude word (stop 20)
+    r"should be (clear|obvious) (now|by now)|like every(one|body) else|"
+    r"if it (really )?matters (that much|so much) to you|if you know so much|(i'?m guessing|i assume) you'?ve already|"
+    r"(it'?s|that'?s) (a bit|a little) much|every(one|body) says (that|they)|done when we'?re done|the number is the number)\b",
     re.IGNORECASE,
 )
 PRESSURE = re.compile(

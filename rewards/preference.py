@@ -43,8 +43,8 @@ from rlprompt.task import Scenario, Task
 if TYPE_CHECKING:
     from rlprompt.preferences import PreferencePair
 
-# The splits the model is fit on by default; "audit2" (preferences_audit2.jsonl) is never fit on.
-FIT_SPLITS = ("dev", "heldout", "fresh", "audit")
+# The splits the model is fit on by default; "audit3" (preferences_audit3.jsonl) is never fit on.
+FIT_SPLITS = ("dev", "heldout", "fresh", "audit", "audit2")
 
 # Every feature with the direction a sales expert expects (+1: more is better, -1: less is better).
 FEATURES: dict[str, int] = {

@@ -12,6 +12,9 @@ The banks describe behaviours, not the expert pairs: no sentence in them is copi
 `tasks/*/preferences*.jsonl`, so accuracy on pairs written later (the `fresh` split) is an honest
 test. Features (all per reply, used by the `preference` reward model with an expert-expected sign):
 - `dismissive`: the largest (dismissive - respectful) margin over the reply's sentences.
+- `respectful`: the largest (respectful - dismissive) margin: the reply's warmest sentence. A curt
+  but polite reply has none; `dismissive` alone cannot tell it from a warm one (stop-19 audit2:
+  "warm" pairs, both replies correct, one talking down, 56 %).
 - `hype`: the share of sentences that are enthusiasm or praise with no information in them.
 - `deflection`: the largest (deflecting - answering) margin: "ask someone else", "look it up".
 - `chitchat`: the largest (small talk / personal anecdote - on-task) margin.
@@ -70,6 +73,7 @@ OFF_TOPIC_COSINE = 0.2
 NEIGHBOURS = 3  # bank utterances a sentence is compared with (mean of the closest)
 TONE_FEATURES: dict[str, int] = {  # name -> the sign an expert expects (+1: more is better)
     "dismissive": -1,
+    "respectful": +1,
     "hype": -1,
     "deflection": -1,
     "chitchat": -1,
@@ -125,6 +129,7 @@ class ToneFeatures:
         sentences = torch.stack(self.embed(parts))
         margins = self.margins(sentences)
         row["dismissive"] = max(0.0, float(margins["dismissive"].max()))
+        row["respectful"] = max(0.0, float(-margins["dismissive"].min()))
         row["hype"] = float((margins["hype"] > 0).float().mean())
         row["deflection"] = max(0.0, float(margins["deflection"].max()))
         row["chitchat"] = max(0.0, float(margins["chitchat"].max()))

@@ -10,8 +10,9 @@ on the same pairs, per category and overall; ties count as misses and are report
 Every pair in `preferences.jsonl` belongs to a `dev` or a `heldout` half. Each later file was
 written blind (by someone who never saw the reward code), served once as the never-tuned test of
 the reward of its time, and is fit on since: `preferences_fresh.jsonl` (split `fresh`, the test of
-stop 18), `preferences_audit.jsonl` (`audit`, the first test of stop 19). `preferences_audit2.jsonl`
-(`audit2`) is the test now: never fit or tuned on (`preference` refuses it as a fit split). Each
+stop 18), `preferences_audit.jsonl` (`audit`, the first test of stop 19), `preferences_audit2.jsonl`
+(`audit2`, the test of stop 19). `preferences_audit3.jsonl` (`audit3`, stop 20) is the test now:
+never fit or tuned on (`preference` refuses it as a fit split). Each
 extra file is opened only when a caller asks for its split, so fitting cannot touch the test pairs.
 """
 
@@ -32,8 +33,9 @@ PREFERENCES_FILE = "preferences.jsonl"
 FRESH_FILE = "preferences_fresh.jsonl"
 AUDIT_FILE = "preferences_audit.jsonl"
 AUDIT2_FILE = "preferences_audit2.jsonl"
-SPLITS = ("dev", "heldout", "fresh", "audit", "audit2")
-TEST_SPLITS = ("audit2",)  # never fit or tuned on: the reward's final test
+AUDIT3_FILE = "preferences_audit3.jsonl"
+SPLITS = ("dev", "heldout", "fresh", "audit", "audit2", "audit3")
+TEST_SPLITS = ("audit3",)  # never fit or tuned on: the reward's final test
 # Which splits each file may hold: an audit pair filed in another file (or the reverse) would
 # silently leak the final test into the fit, so it is an error, not a warning.
 FILE_SPLITS = {
@@ -41,13 +43,14 @@ FILE_SPLITS = {
     FRESH_FILE: ("fresh",),
     AUDIT_FILE: ("audit",),
     AUDIT2_FILE: ("audit2",),
+    AUDIT3_FILE: ("audit3",),
 }
 
 
 @dataclass
 class PreferencePair:
     id: str
-    split: str  # dev | heldout | fresh | audit | audit2
+    split: str  # dev | heldout | fresh | audit | audit2 | audit3
     category: str
     hard: bool
     scenario: Scenario
@@ -96,14 +99,14 @@ def load_pairs(
 ) -> list[PreferencePair]:
     """The task's preference pairs; every field is checked against the task's personas and stages.
 
-    Without `path`: `preferences.jsonl` (dev, heldout) and each later file (fresh, audit, audit2)
+    Without `path`: `preferences.jsonl` (dev, heldout) and each later file (fresh, audit, audit2, audit3)
     that exists and whose split is in `splits`. A file whose split is not asked for is never
     opened, so fitting the reward cannot touch the test pairs. With `path`: that one file.
     """
     if path is not None:  # a file named like one of the task's files holds that file's splits
         return _read_pairs(task, path, FILE_SPLITS.get(path.name, SPLITS))
     pairs = _read_pairs(task, Path(task.folder) / PREFERENCES_FILE, FILE_SPLITS[PREFERENCES_FILE])
-    for name in (FRESH_FILE, AUDIT_FILE, AUDIT2_FILE):
+    for name in (FRESH_FILE, AUDIT_FILE, AUDIT2_FILE, AUDIT3_FILE):
         extra = Path(task.folder) / name
         if not set(FILE_SPLITS[name]) & set(splits) or not extra.is_file():
             continue
