@@ -22,7 +22,9 @@ CONVERSATIONS = [
 
 def _target(openai_server, **kwargs) -> OpenAITarget:
     base_url, model = openai_server
-    return OpenAITarget(model=model, base_url=base_url, api_key_env=API_KEY_ENV, timeout_s=60, **kwargs)
+    return OpenAITarget(
+        model=model, base_url=base_url, api_key_env=API_KEY_ENV, timeout_s=180, **kwargs
+    )  # generous: a loaded 2-core CI box
 
 
 @pytest.mark.slow

@@ -89,7 +89,9 @@ def test_audit_pairs_load_only_when_asked_and_the_reward_never_fits_on_them(task
     everything = load_pairs(local)
     assert [p.id for p in everything if p.split == "audit3"] == ["mine-1"]
     assert len(everything) == len(lines) + 1
-    assert all(p.split != "audit3" for p in load_pairs(local, splits=("dev", "heldout", "fresh", "audit", "audit2")))
+    assert all(
+        p.split != "audit3" for p in load_pairs(local, splits=("dev", "heldout", "fresh", "audit", "audit2"))
+    )
     # an audit file with a dev pair in it (or a reused id) would leak the test into the fit
     audit.write_text(json.dumps({**own, "split": "dev"}) + "\n")
     with pytest.raises(ConfigError, match=r"preferences_audit3.jsonl:1: split 'dev'; valid: audit3"):
@@ -141,7 +143,10 @@ def test_preference_model_fits_only_the_splits_it_is_given(task, tmp_path, featu
     assert np.allclose(dev.weights.numpy(), other.weights.numpy())
     assert (dev.weights >= 0).all()  # signs live in the features: no signal learned backwards
     default = PreferenceReward(task, features=features)
-    later = [(task.folder / f"preferences_{s}.jsonl").read_text().splitlines() for s in ("fresh", "audit", "audit2")]
+    later = [
+        (task.folder / f"preferences_{s}.jsonl").read_text().splitlines()
+        for s in ("fresh", "audit", "audit2")
+    ]
     assert default.n_pairs == len(lines) + sum(map(len, later))  # dev + heldout + fresh + audit + audit2
     scrambled_default = PreferenceReward(task, pairs_file=str(path), features=features)
     assert not np.allclose(default.weights.numpy(), scrambled_default.weights.numpy())
