@@ -3,6 +3,8 @@
     python benchmarks/reward_preferences.py                 # pairs only (seconds, no target model)
     python benchmarks/reward_preferences.py --panel         # + the 9-prompt panel on test+heldout_persona
     python benchmarks/reward_preferences.py --panel --splits val   # the panel on val (for tuning)
+    python benchmarks/reward_preferences.py --panel --splits train --limit 96 --rules benchmarks/rules.txt
+                                                            # headroom of the learner's rule space
 
 1. Pairs (640 expert pairs in 8 categories: `preferences.jsonl` dev / heldout halves,
    `preferences_fresh.jsonl`, `preferences_audit.jsonl`, `preferences_audit2.jsonl`): pairwise
@@ -41,7 +43,7 @@ from rlprompt.preferences import (
     stratified_folds,
 )
 from rlprompt.rewards.base import RewardFunction, build_reward
-from rlprompt.rewards.expert import NEXT_STEP
+from rlprompt.rewards.expert import NEXT_STEP, ROLE_BREAK
 from rlprompt.rewards.preference import PairFeatures, PreferenceReward
 from rlprompt.task import load_task
 
@@ -124,47 +126,53 @@ def _figures(table: AccuracyTable) -> dict:
     return {"n": table.n, "accuracy": table.accuracy, "ties": table.ties}
 
 
-def panel_report(task, splits: list[str]) -> dict:
+def panel_report(task, splits: list[str], rules: list[str] = (), limit: int | None = None) -> dict:
+    """The panel (+ `rules`, each appended to the base instruction: the headroom of the learner's
+    rule space) played on `splits` (a seeded `limit` of their scenarios) and scored."""
+    panel = [*PANEL, *((f"rule: {rule}", "{base}\n" + rule) for rule in rules)]
     cfg = TargetConfig(dtype="bfloat16", batch_size=16, max_new_tokens=48)
     target = build_target(cfg, build_cache(CacheConfig()))
     params = generation_params(cfg, 0)
     reward = build_reward(task, {m: 1.0 for m in MODULES})
     scenarios = [s for split in splits for s in task.split(split)]
+    if limit is not None and limit < len(scenarios):
+        keep = np.random.default_rng(0).permutation(len(scenarios))[:limit]
+        scenarios = [scenarios[i] for i in sorted(keep)]
     totals: dict[str, dict[str, np.ndarray]] = {}
     behaviour: dict[str, dict[str, float]] = {}
-    for name, text in PANEL:
+    for name, text in panel:
         prompt = None if text is None else text.replace("{base}", task.base_instruction)
         samples = run_conversations(target, scenarios, [prompt] * len(scenarios), params)
         replies = [sample.first_reply for sample in samples]
         behaviour[name] = {  # what the target did: the reward can only rank what differs
             "asks": float(np.mean(["?" in r for r in replies])),
             "next_step": float(np.mean([bool(NEXT_STEP.search(r)) for r in replies])),
+            "role_break": float(np.mean([bool(ROLE_BREAK.search(r)) for r in replies])),
         }
         parts = {k: v.numpy() for k, v in reward.score(samples).parts.items()}
         totals[name] = {c: sum(w * parts[m] for m, w in weights.items()) for c, weights in COMPOSITES.items()}
         totals[name].update(parts)
     figures: dict = {"splits": splits, "n": len(scenarios), "rewards": {}, "behaviour": behaviour}
-    print(
-        f"\n## what the target did on {'+'.join(splits)}: share of replies that ask / propose a next step\n"
-    )
-    print("| prompt | asks a question | proposes a next step |\n|---|---|---|")
-    for name, _ in PANEL:
-        print(f"| {name} | {behaviour[name]['asks']:.2f} | {behaviour[name]['next_step']:.2f} |")
+    print(f"\n## what the target did on {'+'.join(splits)} (n={len(scenarios)}): share of replies\n")
+    print("| prompt | asks a question | proposes a next step | breaks role |\n|---|---|---|---|")
+    for name, _ in panel:
+        row = behaviour[name]
+        print(f"| {name} | {row['asks']:.2f} | {row['next_step']:.2f} | {row['role_break']:.2f} |")
     for composite in [*COMPOSITES, *MODULES]:
         rows = {}
         print(f"\n## panel on {'+'.join(splits)} (n={len(scenarios)}), reward = {composite}\n")
         print("| prompt | reward [95% CI] | minus base [95% CI] |\n|---|---|---|")
-        for name, _ in PANEL:
+        for name, _ in panel:
             value = bootstrap_ci(totals[name][composite])
             diff = bootstrap_ci(totals[name][composite] - totals["base"][composite])
             rows[name] = {"reward": value.as_dict(), "minus_base": diff.as_dict()}
             print(f"| {name} | {value} | {diff} |")
-        means = np.array([rows[n]["reward"]["mean"] for n, _ in PANEL])
-        expected = np.array([EXPECTED_RANK.get(n, 3) for n, _ in PANEL])
+        means = np.array([rows[n]["reward"]["mean"] for n, _ in panel])
+        expected = np.array([EXPECTED_RANK.get(n, 3) for n, _ in panel])
         rho = float(np.corrcoef(_ranks(means), _ranks(expected))[0, 1])
         rude_lowest = bool(means[0] == means.min())
         additions_above = {
-            n: rows[n]["minus_base"]["ci_low"] > 0 for n, _ in PANEL if EXPECTED_RANK.get(n, 3) == 3
+            n: rows[n]["minus_base"]["ci_low"] > 0 for n, _ in panel if EXPECTED_RANK.get(n, 3) == 3
         }
         base = totals["base"][composite]
         noise = float(np.std(base, ddof=1) / np.sqrt(len(base)))
@@ -205,14 +213,20 @@ def main() -> None:
         default=["dev", "heldout", "fresh", "audit", "audit2"],
         help="pair splits to read; add 'audit3' for the final test (never while tuning)",
     )
+    parser.add_argument(
+        "--rules", type=Path, default=None, help="a file of rules, one per line, each played as base + rule"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="play a seeded sample of this many scenarios")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = parser.parse_args()
     set_threads(args.threads)
     task = load_task("car_sales")
     figures = {"pairs": pairs_report(task, args.pair_splits)}
     if args.panel:
-        figures["panel"] = panel_report(task, args.splits)
-    write_result("reward_preferences" + ("_panel_" + "+".join(args.splits) if args.panel else ""), figures)
+        rules = [x.strip() for x in args.rules.read_text().splitlines() if x.strip()] if args.rules else []
+        figures["panel"] = panel_report(task, args.splits, rules, args.limit)
+    name = "reward_preferences" + ("_panel_" + "+".join(args.splits) if args.panel else "")
+    write_result(name + ("_rules" if args.rules else ""), figures)
 
 
 if __name__ == "__main__":

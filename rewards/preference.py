@@ -15,8 +15,8 @@ cross-validation on the dev pairs but scored a great reply 0.13 and a question b
 
 It is fit at construction, deterministically (L-BFGS, L2 penalty 0.1: the same 4-fold accuracy as
 0.03 with smaller weights, safer on target replies unlike any pair), on the `dev`, `heldout`,
-`fresh` and `audit` pairs (512); the `audit2` pairs (preferences_audit2.jsonl) are never fit on
-and are what benchmarks/reward_preferences.py reports as the final test. Scores are
+`fresh`, `audit` and `audit2` pairs (640); the `audit3` pairs (preferences_audit3.jsonl) are never
+fit on and are what benchmarks/reward_preferences.py reports as the final test. Scores are
 sigmoid(r - mean r over the fitted replies).
 """
 
