@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from rlprompt.config import PolicyConfig
 from rlprompt.models import load_model
-from rlprompt.policy.action_spaces import allowed_token_mask, encode_prefixes, position_ids
+from rlprompt.policy.action_spaces import CONTRACTIONS, allowed_token_mask, encode_prefixes, position_ids
 from rlprompt.policy.policy import PromptPolicy
 from rlprompt.task import load_task
 
@@ -75,8 +76,26 @@ def test_words_mask_keeps_prompts_readable(backbone, task):
     g = torch.Generator().manual_seed(0)
     rollout = policy.sample(contexts(task, 4) * 4, generator=g)
     for prompt in rollout.prompts:
-        assert all(word.isascii() and word.isalpha() for word in prompt.split()), prompt
+        assert all(READABLE.fullmatch(word) for word in prompt.split()), prompt
     assert mask[rollout.actions].all()
+
+
+READABLE = re.compile(r"[A-Za-z]+('(t|s|re|ll|ve|d|m))?")
+
+
+def test_words_mask_lets_a_rule_finish_its_contractions(backbone):
+    """BPE writes "don't" as " don" + "'t": without the ending a rule read "that they don for
+    themselves" (stop 20, seed 1). The endings are allowed; a bare apostrophe or "'" + letters is not."""
+    model, tokenizer = backbone
+    mask = allowed_token_mask(tokenizer, "words", model.get_output_embeddings().weight.shape[0])
+    ids = tokenizer.encode(" they don't, it's theirs", add_special_tokens=False)
+    pieces = [tokenizer.decode([i]) for i in ids]
+    assert "'t" in pieces and "'s" in pieces
+    allowed = {p for p, i in zip(pieces, ids) if mask[i]}
+    assert {" they", " don", "'t", " it", "'s", " theirs"} <= allowed
+    assert "," not in allowed
+    every = {tokenizer.decode([i]).strip() for i in mask.nonzero().flatten().tolist()}
+    assert all((piece.isalpha() and piece.isascii()) or piece in CONTRACTIONS for piece in every)
 
 
 def rule_policy(backbone, task, prompt_length: int):

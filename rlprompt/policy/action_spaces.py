@@ -292,13 +292,16 @@ def _new_cache():
 
 
 _MASK_CACHE: dict[tuple[str, str, int], torch.Tensor] = {}
+# Contraction endings: BPE writes "don't" as " don" + "'t". Without them a `words` rule came out
+# as "Always avoid details that they don for themselves." (stop 20, seed 1).
+CONTRACTIONS = ("'t", "'s", "'re", "'ll", "'ve", "'d", "'m")
 
 
 def allowed_token_mask(tokenizer, mode: str, vocab_size: int) -> torch.Tensor:
     """Bool (V,) of tokens the policy may write.
 
     all: every non-special token; printable: decodes to visible text without control characters;
-    words: word-initial alphabetic ASCII tokens (readable prompts, as words).
+    words: word-initial alphabetic ASCII tokens and contraction endings ("'t"): readable prompts.
     """
     key = (getattr(tokenizer, "name_or_path", ""), mode, vocab_size)
     if key in _MASK_CACHE:
@@ -318,6 +321,7 @@ def allowed_token_mask(tokenizer, mode: str, vocab_size: int) -> torch.Tensor:
             allowed[i] = bool(text.strip()) and text.isprintable()
         else:
             body = piece[1:] if piece[:1] in ("Ġ", "▁") else None
-            allowed[i] = body is not None and len(body) >= 2 and body.isascii() and body.isalpha()
+            word = body is not None and len(body) >= 2 and body.isascii() and body.isalpha()
+            allowed[i] = word or tokenizer.decode([i]) in CONTRACTIONS
     _MASK_CACHE[key] = allowed
     return allowed
