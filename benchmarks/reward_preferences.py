@@ -180,7 +180,7 @@ def panel_report(task, splits: list[str], rules: list[str] = (), limit: int | No
         print(
             f"\nSpearman rho vs expected order {rho:+.2f}; rude lowest: {rude_lowest}; additions above base "
             f"(paired CI > 0): {additions_above}; spread {spread:.3f} vs standard error {noise:.3f} "
-            f"({spread / noise:.1f}x)"
+            + (f"({spread / noise:.1f}x)" if noise > 0 else "(a module constant on base here)")
         )
         figures["rewards"][composite] = {
             "rows": rows,
