@@ -44,7 +44,7 @@ from rlprompt.preferences import (
 )
 from rlprompt.rewards.base import RewardFunction, build_reward
 from rlprompt.rewards.expert import NEXT_STEP, ROLE_BREAK
-from rlprompt.rewards.preference import PairFeatures, PreferenceReward
+from rlprompt.rewards.preference import FIT_SPLITS, PairFeatures, PreferenceReward
 from rlprompt.task import load_task
 
 MODULES = ["preference", "expert", "relevance", "similarity", "rubric", "length", "repetition"]
@@ -84,7 +84,7 @@ def pairs_report(task, splits: list[str]) -> dict:
 
 
 def cross_validation(task, pairs: list, k: int = 4, seed: int = 0) -> dict:
-    """Accuracy on pairs the preference model was not fit on: the rest -> audit2, and k-fold.
+    """Accuracy on pairs the preference model was not fit on: the rest -> the last blind set, and k-fold.
 
     Only `preference` is refit per fold (the other modules are not fit on pairs); the composites
     reuse its out-of-fold scores. Features are computed once and shared across folds.
@@ -93,8 +93,9 @@ def cross_validation(task, pairs: list, k: int = 4, seed: int = 0) -> dict:
     features = PairFeatures(task)
     folds = stratified_folds(pairs, k, seed)
     splits = np.array([p.split for p in pairs])
+    last = FIT_SPLITS[-1]  # the set written blind most recently, fit on since
     schemes = {
-        **({"the rest -> audit2": [(splits != "audit2", splits == "audit2")]} if "audit2" in splits else {}),
+        **({f"the rest -> {last}": [(splits != last, splits == last)]} if last in splits else {}),
         f"{k}-fold CV (stratified, seed {seed})": [(folds != i, folds == i) for i in range(k)],
     }
     figures = {}

@@ -106,7 +106,7 @@ def load_pairs(
     if path is not None:  # a file named like one of the task's files holds that file's splits
         return _read_pairs(task, path, FILE_SPLITS.get(path.name, SPLITS))
     pairs = _read_pairs(task, Path(task.folder) / PREFERENCES_FILE, FILE_SPLITS[PREFERENCES_FILE])
-    for name in (FRESH_FILE, AUDIT_FILE, AUDIT2_FILE, AUDIT3_FILE):
+    for name in list(FILE_SPLITS)[1:]:  # every later file, in the order they were written
         extra = Path(task.folder) / name
         if not set(FILE_SPLITS[name]) & set(splits) or not extra.is_file():
             continue
