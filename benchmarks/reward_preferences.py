@@ -6,13 +6,13 @@
     python benchmarks/reward_preferences.py --panel --splits train --limit 96 --rules benchmarks/rules.txt
                                                             # headroom of the learner's rule space
 
-1. Pairs (640 expert pairs in 8 categories: `preferences.jsonl` dev / heldout halves,
-   `preferences_fresh.jsonl`, `preferences_audit.jsonl`, `preferences_audit2.jsonl`): pairwise
+1. Pairs (896 expert pairs in 8 categories: `preferences.jsonl` dev / heldout halves,
+   `preferences_fresh.jsonl`, `preferences_audit.jsonl` … `preferences_audit4.jsonl`): pairwise
    accuracy of every reward module alone and of the composites, per category and overall.
    `preference` is fit on all of them, so those tables are in-sample; generalisation is measured by
-   cross-validation: fit on the rest -> score audit2 (the last set written blind), and 4-fold CV
+   cross-validation: fit on the rest -> score audit4 (the last set fit on), and 4-fold CV
    over all pairs stratified by category.
-   `preferences_audit3.jsonl` (split `audit3`, 128 pairs written blind, never fit or tuned on) is
+   `preferences_audit5.jsonl` (split `audit5`, 128 pairs written blind, never fit or tuned on) is
    read only when `--pair-splits` names it, and reported as the final test.
 2. Panel (`--panel`): a fixed list of system prompts in the order a person expects (rude first,
    base plus good-practice additions last). Each is played by the target on held-out scenarios and
@@ -211,8 +211,8 @@ def main() -> None:
     parser.add_argument(
         "--pair-splits",
         nargs="+",
-        default=["dev", "heldout", "fresh", "audit", "audit2"],
-        help="pair splits to read; add 'audit3' for the final test (never while tuning)",
+        default=["dev", "heldout", "fresh", "audit", "audit2", "audit3", "audit4"],
+        help="pair splits to read; add 'audit5' for the final test (never while tuning)",
     )
     parser.add_argument(
         "--rules", type=Path, default=None, help="a file of rules, one per line, each played as base + rule"

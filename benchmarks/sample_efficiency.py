@@ -1,4 +1,4 @@
-"""Sample efficiency: reward vs target calls for PPO tokens, PPO components, OPRO and the bandit.
+"""Sample efficiency: reward vs target calls for random search, PPO tokens, PPO components, OPRO, the bandit.
 
 Runs scripts/compare.py in `+mode=efficiency` (same budget, same seeds for every method), then
 reads each method's best-so-far curve (training reward vs calls, one per seed) and its held-out
@@ -23,7 +23,7 @@ import numpy as np
 from common import Stopwatch, write_result
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("ppo", "components", "opro", "bandit")
+METHODS = ("random", "ppo", "components", "opro", "bandit")
 
 
 def area_under_curve(curve: list[tuple[int, float]], budget: int) -> float:

@@ -15,8 +15,8 @@ cross-validation on the dev pairs but scored a great reply 0.13 and a question b
 
 It is fit at construction, deterministically (L-BFGS, L2 penalty 0.1: the same 4-fold accuracy as
 0.03 with smaller weights, safer on target replies unlike any pair), on the `dev`, `heldout`,
-`fresh`, `audit` and `audit2` pairs (640); the `audit3` pairs (preferences_audit3.jsonl) are never
-fit on and are what benchmarks/reward_preferences.py reports as the final test. Scores are
+`fresh`, `audit` … `audit4` pairs (896); the `audit5` pairs (preferences_audit5.jsonl) are never fit
+on and are what benchmarks/reward_preferences.py reports as the final test. Scores are
 sigmoid(r - mean r over the fitted replies).
 """
 
@@ -43,8 +43,8 @@ from rlprompt.task import Scenario, Task
 if TYPE_CHECKING:
     from rlprompt.preferences import PreferencePair
 
-# The splits the model is fit on by default; "audit3" (preferences_audit3.jsonl) is never fit on.
-FIT_SPLITS = ("dev", "heldout", "fresh", "audit", "audit2")
+# The splits the model is fit on by default; "audit5" (preferences_audit5.jsonl) never is.
+FIT_SPLITS = ("dev", "heldout", "fresh", "audit", "audit2", "audit3", "audit4")
 
 # Every feature with the direction a sales expert expects (+1: more is better, -1: less is better).
 FEATURES: dict[str, int] = {

@@ -11,8 +11,10 @@ Every pair in `preferences.jsonl` belongs to a `dev` or a `heldout` half. Each l
 written blind (by someone who never saw the reward code), served once as the never-tuned test of
 the reward of its time, and is fit on since: `preferences_fresh.jsonl` (split `fresh`, the test of
 stop 18), `preferences_audit.jsonl` (`audit`, the first test of stop 19), `preferences_audit2.jsonl`
-(`audit2`, the test of stop 19). `preferences_audit3.jsonl` (`audit3`, stop 20) is the test now:
-never fit or tuned on (`preference` refuses it as a fit split). Each
+(`audit2`, the test of stop 19), `preferences_audit3.jsonl` (`audit3`, the test of stop 20) and
+`preferences_audit4.jsonl` (`audit4`, a second blind test of the round-3 reward, stop 21).
+`preferences_audit5.jsonl` (`audit5`, stop 21) is the test now: never fit or tuned on (`preference`
+refuses it as a fit split). Each
 extra file is opened only when a caller asks for its split, so fitting cannot touch the test pairs.
 """
 
@@ -34,8 +36,10 @@ FRESH_FILE = "preferences_fresh.jsonl"
 AUDIT_FILE = "preferences_audit.jsonl"
 AUDIT2_FILE = "preferences_audit2.jsonl"
 AUDIT3_FILE = "preferences_audit3.jsonl"
-SPLITS = ("dev", "heldout", "fresh", "audit", "audit2", "audit3")
-TEST_SPLITS = ("audit3",)  # never fit or tuned on: the reward's final test
+AUDIT4_FILE = "preferences_audit4.jsonl"
+AUDIT5_FILE = "preferences_audit5.jsonl"
+SPLITS = ("dev", "heldout", "fresh", "audit", "audit2", "audit3", "audit4", "audit5")
+TEST_SPLITS = ("audit5",)  # never fit or tuned on: the reward's final test
 # Which splits each file may hold: an audit pair filed in another file (or the reverse) would
 # silently leak the final test into the fit, so it is an error, not a warning.
 FILE_SPLITS = {
@@ -44,13 +48,15 @@ FILE_SPLITS = {
     AUDIT_FILE: ("audit",),
     AUDIT2_FILE: ("audit2",),
     AUDIT3_FILE: ("audit3",),
+    AUDIT4_FILE: ("audit4",),
+    AUDIT5_FILE: ("audit5",),
 }
 
 
 @dataclass
 class PreferencePair:
     id: str
-    split: str  # dev | heldout | fresh | audit | audit2 | audit3
+    split: str  # dev | heldout | fresh | audit | audit2 | audit3 | audit4 | audit5
     category: str
     hard: bool
     scenario: Scenario
@@ -99,7 +105,7 @@ def load_pairs(
 ) -> list[PreferencePair]:
     """The task's preference pairs; every field is checked against the task's personas and stages.
 
-    Without `path`: `preferences.jsonl` (dev, heldout) and each later file (fresh, audit, audit2, audit3)
+    Without `path`: `preferences.jsonl` (dev, heldout) and each later file (fresh, audit, audit2, audit3, audit4, audit5)
     that exists and whose split is in `splits`. A file whose split is not asked for is never
     opened, so fitting the reward cannot touch the test pairs. With `path`: that one file.
     """

@@ -108,7 +108,8 @@ def test_plans_compose_from_the_real_configs(mode):
         assert by_label["components"].policy.action_space == "components"
         assert by_label["ppo"].policy.action_space == "tokens"
     elif mode == "efficiency":
-        assert set(by_label) == {"manual", "ppo", "components", "opro", "bandit"}
+        assert set(by_label) == {"manual", "random", "ppo", "components", "opro", "bandit"}
+        assert by_label["random"].policy.action_space == "tokens"
         assert by_label["components"].policy.action_space == "components"
     else:
         assert not by_label["ppo-no-zscore"].optimizer.zscore

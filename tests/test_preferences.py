@@ -76,45 +76,46 @@ def test_a_bad_pair_names_the_file_line_and_field(task, tmp_path):
 
 
 def test_audit_pairs_load_only_when_asked_and_the_reward_never_fits_on_them(task, tmp_path):
-    """An audit3 file next to preferences.jsonl adds split "audit3" pairs (the reward's final test);
+    """An audit5 file next to preferences.jsonl adds split "audit5" pairs (the reward's final test);
     fitting never opens it, and naming it as a fit split is refused."""
     import dataclasses
 
     lines = (task.folder / "preferences.jsonl").read_text().splitlines()
     (tmp_path / "preferences.jsonl").write_text("\n".join(lines) + "\n")
-    own = {**json.loads(lines[0]), "id": "mine-1", "split": "audit3"}
-    audit = tmp_path / "preferences_audit3.jsonl"
+    own = {**json.loads(lines[0]), "id": "mine-1", "split": "audit5"}
+    audit = tmp_path / "preferences_audit5.jsonl"
     audit.write_text(json.dumps(own) + "\n")
     local = dataclasses.replace(task, folder=tmp_path)
     everything = load_pairs(local)
-    assert [p.id for p in everything if p.split == "audit3"] == ["mine-1"]
+    assert [p.id for p in everything if p.split == "audit5"] == ["mine-1"]
     assert len(everything) == len(lines) + 1
     assert all(
-        p.split != "audit3" for p in load_pairs(local, splits=("dev", "heldout", "fresh", "audit", "audit2"))
+        p.split != "audit5"
+        for p in load_pairs(local, splits=("dev", "heldout", "fresh", "audit", "audit2", "audit3", "audit4"))
     )
     # an audit file with a dev pair in it (or a reused id) would leak the test into the fit
     audit.write_text(json.dumps({**own, "split": "dev"}) + "\n")
-    with pytest.raises(ConfigError, match=r"preferences_audit3.jsonl:1: split 'dev'; valid: audit3"):
+    with pytest.raises(ConfigError, match=r"preferences_audit5.jsonl:1: split 'dev'; valid: audit5"):
         load_pairs(local)
     audit.write_text(json.dumps({**own, "id": "pref-0001"}) + "\n")
     with pytest.raises(ConfigError, match=r"also used in another preference file"):
         load_pairs(local)
     broken = {k: v for k, v in own.items() if k != "rejected"}
     audit.write_text(json.dumps(broken) + "\n")
-    with pytest.raises(ConfigError, match=r"preferences_audit3.jsonl:1: missing field 'rejected'"):
+    with pytest.raises(ConfigError, match=r"preferences_audit5.jsonl:1: missing field 'rejected'"):
         load_pairs(local)
     audit.write_text(json.dumps({**own, "history": [{"role": "customer", "content": "Hi"}]}) + "\n")
-    with pytest.raises(ConfigError, match=r"audit3.jsonl:1: field 'history' has a turn with role 'customer'"):
+    with pytest.raises(ConfigError, match=r"audit5.jsonl:1: field 'history' has a turn with role 'customer'"):
         load_pairs(local)
     audit.write_text(json.dumps({**own, "chosen": " "}) + "\n")
     with pytest.raises(ConfigError, match=r":1: field 'chosen' is empty"):
         load_pairs(local)
-    # the preference model fits on dev + heldout (+ fresh, audit, audit2) and never opens the (broken) audit3 file
+    # the preference model fits on dev + heldout (+ fresh, audit … audit4) and never opens the (broken) audit5 file
     from rlprompt.rewards.preference import PreferenceReward
 
     assert PreferenceReward(local).n_pairs == len(lines)
-    with pytest.raises(RewardError, match="must not include 'audit3'"):
-        PreferenceReward(local, split="dev+audit3")
+    with pytest.raises(RewardError, match="must not include 'audit5'"):
+        PreferenceReward(local, split="dev+audit5")
     dev = [x for x in lines if json.loads(x)["split"] == "dev"]
     assert PreferenceReward(local, split="dev+audit2").n_pairs == len(dev)  # no audit2 file here
 
@@ -146,9 +147,9 @@ def test_preference_model_fits_only_the_splits_it_is_given(task, tmp_path, featu
     default = PreferenceReward(task, features=features)
     later = [
         (task.folder / f"preferences_{s}.jsonl").read_text().splitlines()
-        for s in ("fresh", "audit", "audit2")
+        for s in ("fresh", "audit", "audit2", "audit3", "audit4")
     ]
-    assert default.n_pairs == len(lines) + sum(map(len, later))  # dev + heldout + fresh + audit + audit2
+    assert default.n_pairs == len(lines) + sum(map(len, later))  # dev + heldout + fresh + audit … audit4
     scrambled_default = PreferenceReward(task, pairs_file=str(path), features=features)
     assert not np.allclose(default.weights.numpy(), scrambled_default.weights.numpy())
 

@@ -85,9 +85,11 @@ MODES: dict[str, tuple[MethodSpec, ...]] = {
         MethodSpec("ppo", _PPO),
         MethodSpec("components", ("optimizer=components",)),
     ),
-    # benchmarks/sample_efficiency.py: the learning methods only (+ the reference).
+    # benchmarks/sample_efficiency.py: the search methods at equal target calls, with the
+    # hand-written reference and random search (the floor any learner has to clear).
     "efficiency": (
         MethodSpec("manual", ("optimizer=manual",)),
+        MethodSpec("random", ("optimizer=random", "policy=tokens")),
         MethodSpec("ppo", _PPO),
         MethodSpec("components", ("optimizer=components",)),
         MethodSpec("opro", ("optimizer=opro",)),
