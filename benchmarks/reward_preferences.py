@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument(
         "--pair-splits",
         nargs="+",
-        default=["dev", "heldout", "fresh", "audit", "audit2", "audit3", "audit4"],
+        default=list(FIT_SPLITS),
         help="pair splits to read; add 'audit5' for the final test (never while tuning)",
     )
     parser.add_argument(

@@ -32,31 +32,26 @@ from rlprompt.task import Scenario, Task
 from rlprompt.task_validation import check_history
 
 PREFERENCES_FILE = "preferences.jsonl"
-FRESH_FILE = "preferences_fresh.jsonl"
-AUDIT_FILE = "preferences_audit.jsonl"
-AUDIT2_FILE = "preferences_audit2.jsonl"
-AUDIT3_FILE = "preferences_audit3.jsonl"
-AUDIT4_FILE = "preferences_audit4.jsonl"
-AUDIT5_FILE = "preferences_audit5.jsonl"
-SPLITS = ("dev", "heldout", "fresh", "audit", "audit2", "audit3", "audit4", "audit5")
-TEST_SPLITS = ("audit5",)  # never fit or tuned on: the reward's final test
-# Which splits each file may hold: an audit pair filed in another file (or the reverse) would
-# silently leak the final test into the fit, so it is an error, not a warning.
+# Which splits each file may hold, in the order the files were written: an audit pair filed in
+# another file (or the reverse) would silently leak the final test into the fit, so it is an
+# error, not a warning. A new blind set is one line here (and, once read, one in FIT_SPLITS).
 FILE_SPLITS = {
     PREFERENCES_FILE: ("dev", "heldout"),
-    FRESH_FILE: ("fresh",),
-    AUDIT_FILE: ("audit",),
-    AUDIT2_FILE: ("audit2",),
-    AUDIT3_FILE: ("audit3",),
-    AUDIT4_FILE: ("audit4",),
-    AUDIT5_FILE: ("audit5",),
+    "preferences_fresh.jsonl": ("fresh",),
+    "preferences_audit.jsonl": ("audit",),
+    "preferences_audit2.jsonl": ("audit2",),
+    "preferences_audit3.jsonl": ("audit3",),
+    "preferences_audit4.jsonl": ("audit4",),
+    "preferences_audit5.jsonl": ("audit5",),
 }
+SPLITS = tuple(split for splits in FILE_SPLITS.values() for split in splits)
+TEST_SPLITS = ("audit5",)  # never fit or tuned on: the reward's final test
 
 
 @dataclass
 class PreferencePair:
     id: str
-    split: str  # dev | heldout | fresh | audit | audit2 | audit3 | audit4 | audit5
+    split: str  # one of SPLITS
     category: str
     hard: bool
     scenario: Scenario
@@ -105,8 +100,8 @@ def load_pairs(
 ) -> list[PreferencePair]:
     """The task's preference pairs; every field is checked against the task's personas and stages.
 
-    Without `path`: `preferences.jsonl` (dev, heldout) and each later file (fresh, audit, audit2, audit3, audit4, audit5)
-    that exists and whose split is in `splits`. A file whose split is not asked for is never
+    Without `path`: `preferences.jsonl` (dev, heldout) and each later file of `FILE_SPLITS` that
+    exists and whose split is in `splits`. A file whose split is not asked for is never
     opened, so fitting the reward cannot touch the test pairs. With `path`: that one file.
     """
     if path is not None:  # a file named like one of the task's files holds that file's splits
