@@ -8,6 +8,9 @@ Bradley & Terry 1952): P(a preferred to b) = sigmoid(r(a) - r(b)), r linear in `
 - too many questions, padding, negative sentiment,
 - MiniLM cosines between the customer's turn and the reply, its questions and its first sentence
   (is the question about what the customer raised; does the opening answer it).
+- `reader`: a linear probe on how a frozen SmolLM2 reads the reply in its conversation
+  (rewards/reader.py), fit on out-of-fold scores so it cannot take the weight by memorising its
+  own pairs (stop 22: blind 81 -> 87 %, docs/REWARDS.md round 5).
 Each feature carries the sign an expert expects and the fit keeps every weight >= 0, so the model
 cannot learn a feature backwards from a quirk of a few hundred pairs, and a policy cannot raise the reward by
 making a reply worse on any one signal. (Measured: adding the raw 384-d embeddings gained ~2 % in
@@ -15,7 +18,7 @@ cross-validation on the dev pairs but scored a great reply 0.13 and a question b
 
 It is fit at construction, deterministically (L-BFGS, L2 penalty 0.1: the same 4-fold accuracy as
 0.03 with smaller weights, safer on target replies unlike any pair), on the `dev`, `heldout`,
-`fresh`, `audit` … `audit4` pairs (896); the `audit5` pairs (preferences_audit5.jsonl) are never fit
+`fresh`, `audit` … `audit5` pairs (1,024); the `audit6` pairs (preferences_audit6.jsonl) are never fit
 on and are what benchmarks/reward_preferences.py reports as the final test. Scores are
 sigmoid(r - mean r over the fitted replies).
 """
@@ -35,6 +38,7 @@ from rlprompt.errors import RewardError
 from rlprompt.models import cache_root
 from rlprompt.rewards.base import RewardResult, Sample, register_reward, replies_to_score
 from rlprompt.rewards.expert import CONDUCT_FACTORS, ExpertReward, _vader
+from rlprompt.rewards.reader import ReaderProbe, ReplyReader, out_of_fold_scores
 from rlprompt.rewards.similarity import SimilarityReward, load_embedder
 from rlprompt.rewards.text import words
 from rlprompt.rewards.tone import TONE_FEATURES, ToneFeatures
@@ -43,8 +47,8 @@ from rlprompt.task import Scenario, Task
 if TYPE_CHECKING:
     from rlprompt.preferences import PreferencePair
 
-# The splits the model is fit on by default; "audit5" (preferences_audit5.jsonl) never is.
-FIT_SPLITS = ("dev", "heldout", "fresh", "audit", "audit2", "audit3", "audit4")
+# The splits the model is fit on by default; "audit6" (preferences_audit6.jsonl) never is.
+FIT_SPLITS = ("dev", "heldout", "fresh", "audit", "audit2", "audit3", "audit4", "audit5")
 
 # Every feature with the direction a sales expert expects (+1: more is better, -1: less is better).
 FEATURES: dict[str, int] = {
@@ -66,6 +70,7 @@ FEATURES: dict[str, int] = {
 FEATURE_SOURCES = [Path(__file__).with_name(n) for n in ("preference.py", "tone.py", "banks.py", "expert.py", "text.py", "similarity.py")]  # fmt: skip
 MIN_FEATURE_STD = 1e-3  # below this spread over the pairs a feature is not fit (weight 0)
 FEATURE_CLIP = 5.0  # standardised features are clipped to +-5
+PROBE_FOLDS = 4  # out-of-fold probe scores for the feature fit
 INTERROGATION_FACTOR = 0.7  # the score's factor per question past two (see `probability`)
 WHEN = re.compile(
     r"\b(today|tonight|tomorrow|this (morning|afternoon|evening|week)|next week|(mon|tues|wednes|thurs|fri|satur|sun)day|"
@@ -82,6 +87,7 @@ class PairFeatures:
         self.expert = ExpertReward(task)
         self.embeddings = SimilarityReward(task, embedder=embedder)
         self.tone = ToneFeatures(self.embeddings.embed)
+        self.reader = ReplyReader(task.base_instruction)
 
     def named(self, items: list[tuple[Scenario, str, str]]) -> list[dict[str, float]]:
         replies = self.embeddings.embed([reply for _, _, reply in items])
@@ -178,6 +184,17 @@ class PreferenceReward:
         # `reward_from_config` hands over (counting that as custom skipped the memo on every run).
         cacheable = features is None and (embedder is None or embedder is load_embedder())
         chosen, rejected = self._pair_features(task, pairs, cacheable)
+        # The reader probe (rewards/reader.py) joins as one more feature, +1 = better. The weights
+        # below are fit on its out-of-fold scores; replies the reward scores get the full probe's.
+        from rlprompt.preferences import stratified_folds
+
+        read_chosen = self.features.reader([(p.scenario, p.chosen) for p in pairs], persist=True)
+        read_rejected = self.features.reader([(p.scenario, p.rejected) for p in pairs], persist=True)
+        self.probe = ReaderProbe.fit(read_chosen, read_rejected)
+        folds = stratified_folds(pairs, PROBE_FOLDS, seed=0)
+        oof_chosen, oof_rejected = out_of_fold_scores(read_chosen, read_rejected, folds)
+        chosen = torch.cat([chosen, oof_chosen[:, None]], 1)
+        rejected = torch.cat([rejected, oof_rejected[:, None]], 1)
         both = torch.cat([chosen, rejected])
         std = both.std(0)
         # A feature that never varies in the pairs (no role break among them) says nothing about
@@ -233,13 +250,18 @@ class PreferenceReward:
 
     def raw(self, items: list[tuple[Scenario, str, str]]) -> torch.Tensor:
         """r(reply) before the sigmoid; 0 is the mean training reply."""
-        return self._standard(self.features(items)) @ self.weights - self.offset
+        return self._standard(self._features(items)) @ self.weights - self.offset
+
+    def _features(self, items: list[tuple[Scenario, str, str]]) -> torch.Tensor:
+        """(N, F + 1): the signed `FEATURES` and the reader probe's score."""
+        probe = self.probe(self.features.reader([(scenario, reply) for scenario, _, reply in items]))
+        return torch.cat([self.features(items), probe[:, None]], 1)
 
     def probability(self, items: list[tuple[Scenario, str, str]]) -> torch.Tensor:
         """sigmoid(r), times the `expert` factor of every failed conduct check the pairs cannot
         weigh (never seen in them, e.g. a role break): such a reply helps no customer however well
         it scores otherwise, and the rule says by how much; and times 0.7 per question past two."""
-        features = self.features(items)  # (N, F), signed: a failed check is -1
+        features = self._features(items)  # (N, F + 1), signed: a failed check is -1
         score = torch.sigmoid(self._standard(features) @ self.weights - self.offset)
         for j, name in enumerate(FEATURES):
             if name in CONDUCT_FACTORS and not self.learnable[j]:

@@ -12,9 +12,9 @@ written blind (by someone who never saw the reward code), served once as the nev
 the reward of its time, and is fit on since: `preferences_fresh.jsonl` (split `fresh`, the test of
 stop 18), `preferences_audit.jsonl` (`audit`, the first test of stop 19), `preferences_audit2.jsonl`
 (`audit2`, the test of stop 19), `preferences_audit3.jsonl` (`audit3`, the test of stop 20) and
-`preferences_audit4.jsonl` (`audit4`, a second blind test of the round-3 reward, stop 21).
-`preferences_audit5.jsonl` (`audit5`, stop 21) is the test now: never fit or tuned on (`preference`
-refuses it as a fit split). Each
+`preferences_audit4.jsonl` (`audit4`, a second blind test of the round-3 reward, stop 21),
+`preferences_audit5.jsonl` (`audit5`, the test of stop 21). `preferences_audit6.jsonl` (`audit6`,
+stop 22) is the test now: never fit or tuned on (`preference` refuses it as a fit split). Each
 extra file is opened only when a caller asks for its split, so fitting cannot touch the test pairs.
 """
 
@@ -43,9 +43,22 @@ FILE_SPLITS = {
     "preferences_audit3.jsonl": ("audit3",),
     "preferences_audit4.jsonl": ("audit4",),
     "preferences_audit5.jsonl": ("audit5",),
+    "preferences_audit6.jsonl": ("audit6",),
 }
 SPLITS = tuple(split for splits in FILE_SPLITS.values() for split in splits)
-TEST_SPLITS = ("audit5",)  # never fit or tuned on: the reward's final test
+TEST_SPLITS = ("audit6",)
+# The sales behaviours the pairs test (issue 15). A label outside them (a blind set once wrote
+# "next" for "next_step") would report a category of its own and hide the pairs from the one it means.
+CATEGORIES = (
+    "needs",
+    "next_step",
+    "answers",
+    "honest",
+    "calm",
+    "on_topic",
+    "warm",
+    "concise",
+)  # never fit or tuned on: the reward's final test
 
 
 @dataclass
@@ -168,6 +181,7 @@ def _read_pairs(task: Task, file: Path, valid_splits: tuple[str, ...]) -> list[P
             ("persona", scenario.persona, task.persona),
             ("stage", scenario.stage, task.stage),
             ("urgency", scenario.urgency, task.urgency),
+            ("category", pair.category, CATEGORIES),
         ):
             if value not in valid:
                 raise ConfigError(f"{file}:{number}: {kind} '{value}'; valid: {', '.join(valid)}")

@@ -76,46 +76,51 @@ def test_a_bad_pair_names_the_file_line_and_field(task, tmp_path):
 
 
 def test_audit_pairs_load_only_when_asked_and_the_reward_never_fits_on_them(task, tmp_path):
-    """An audit5 file next to preferences.jsonl adds split "audit5" pairs (the reward's final test);
+    """An audit6 file next to preferences.jsonl adds split "audit6" pairs (the reward's final test);
     fitting never opens it, and naming it as a fit split is refused."""
     import dataclasses
 
     lines = (task.folder / "preferences.jsonl").read_text().splitlines()
     (tmp_path / "preferences.jsonl").write_text("\n".join(lines) + "\n")
-    own = {**json.loads(lines[0]), "id": "mine-1", "split": "audit5"}
-    audit = tmp_path / "preferences_audit5.jsonl"
+    own = {**json.loads(lines[0]), "id": "mine-1", "split": "audit6"}
+    audit = tmp_path / "preferences_audit6.jsonl"
     audit.write_text(json.dumps(own) + "\n")
     local = dataclasses.replace(task, folder=tmp_path)
     everything = load_pairs(local)
-    assert [p.id for p in everything if p.split == "audit5"] == ["mine-1"]
+    assert [p.id for p in everything if p.split == "audit6"] == ["mine-1"]
     assert len(everything) == len(lines) + 1
     assert all(
-        p.split != "audit5"
-        for p in load_pairs(local, splits=("dev", "heldout", "fresh", "audit", "audit2", "audit3", "audit4"))
+        p.split != "audit6"
+        for p in load_pairs(
+            local, splits=("dev", "heldout", "fresh", "audit", "audit2", "audit3", "audit4", "audit5")
+        )
     )
     # an audit file with a dev pair in it (or a reused id) would leak the test into the fit
     audit.write_text(json.dumps({**own, "split": "dev"}) + "\n")
-    with pytest.raises(ConfigError, match=r"preferences_audit5.jsonl:1: split 'dev'; valid: audit5"):
+    with pytest.raises(ConfigError, match=r"preferences_audit6.jsonl:1: split 'dev'; valid: audit6"):
         load_pairs(local)
     audit.write_text(json.dumps({**own, "id": "pref-0001"}) + "\n")
     with pytest.raises(ConfigError, match=r"also used in another preference file"):
         load_pairs(local)
     broken = {k: v for k, v in own.items() if k != "rejected"}
     audit.write_text(json.dumps(broken) + "\n")
-    with pytest.raises(ConfigError, match=r"preferences_audit5.jsonl:1: missing field 'rejected'"):
+    with pytest.raises(ConfigError, match=r"preferences_audit6.jsonl:1: missing field 'rejected'"):
         load_pairs(local)
     audit.write_text(json.dumps({**own, "history": [{"role": "customer", "content": "Hi"}]}) + "\n")
-    with pytest.raises(ConfigError, match=r"audit5.jsonl:1: field 'history' has a turn with role 'customer'"):
+    with pytest.raises(ConfigError, match=r"audit6.jsonl:1: field 'history' has a turn with role 'customer'"):
+        load_pairs(local)
+    audit.write_text(json.dumps({**own, "category": "next"}) + "\n")
+    with pytest.raises(ConfigError, match=r"audit6.jsonl:1: category 'next'; valid: needs, next_step,"):
         load_pairs(local)
     audit.write_text(json.dumps({**own, "chosen": " "}) + "\n")
     with pytest.raises(ConfigError, match=r":1: field 'chosen' is empty"):
         load_pairs(local)
-    # the preference model fits on dev + heldout (+ fresh, audit … audit4) and never opens the (broken) audit5 file
+    # the preference model fits on dev + heldout (+ fresh, audit … audit5) and never opens the (broken) audit6 file
     from rlprompt.rewards.preference import PreferenceReward
 
     assert PreferenceReward(local).n_pairs == len(lines)
-    with pytest.raises(RewardError, match="must not include 'audit5'"):
-        PreferenceReward(local, split="dev+audit5")
+    with pytest.raises(RewardError, match="must not include 'audit6'"):
+        PreferenceReward(local, split="dev+audit6")
     dev = [x for x in lines if json.loads(x)["split"] == "dev"]
     assert PreferenceReward(local, split="dev+audit2").n_pairs == len(dev)  # no audit2 file here
 
@@ -147,16 +152,16 @@ def test_preference_model_fits_only_the_splits_it_is_given(task, tmp_path, featu
     default = PreferenceReward(task, features=features)
     later = [
         (task.folder / f"preferences_{s}.jsonl").read_text().splitlines()
-        for s in ("fresh", "audit", "audit2", "audit3", "audit4")
+        for s in ("fresh", "audit", "audit2", "audit3", "audit4", "audit5")
     ]
-    assert default.n_pairs == len(lines) + sum(map(len, later))  # dev + heldout + fresh + audit … audit4
+    assert default.n_pairs == len(lines) + sum(map(len, later))  # dev + heldout + fresh + audit … audit5
     scrambled_default = PreferenceReward(task, pairs_file=str(path), features=features)
     assert not np.allclose(default.weights.numpy(), scrambled_default.weights.numpy())
 
 
 def test_preference_model_generalises_across_folds(task, features):
-    """4-fold CV (stratified by category) over dev + heldout + fresh + audit (512 pairs): measured 91 %,
-    min category 84 %.
+    """4-fold CV (stratified by category) over dev + heldout + fresh + audit (512 pairs): measured 97 %,
+    min category 91 % with the reader probe (91 % and 84 % with the hand-made features alone).
 
     The floors sit a few points under the measured figures, so a change that costs generalisation
     (a feature learned from one half's wording) fails here before it reaches the benchmark.
@@ -176,8 +181,8 @@ def test_preference_model_generalises_across_folds(task, features):
         wins += [(p.category, bool(c > r)) for p, c, r in zip(test, chosen, rejected)]
     overall = np.mean([w for _, w in wins])
     per_category = {c: np.mean([w for x, w in wins if x == c]) for c in CATEGORIES}
-    assert overall >= 0.87, overall
-    assert min(per_category.values()) >= 0.8, per_category
+    assert overall >= 0.94, overall
+    assert min(per_category.values()) >= 0.87, per_category
 
 
 def test_pair_features_are_memoised_on_disk_and_keyed_by_the_pairs(task, tmp_path, monkeypatch):
@@ -233,3 +238,42 @@ def test_the_reward_a_run_builds_reads_the_memo_too(task, tmp_path, monkeypatch)
     again = reward_from_config(cfg, task, None)
     (module, _), (before, _) = again.reward.modules["preference"], first.reward.modules["preference"]
     assert torch.equal(module.weights, before.weights)
+
+
+def test_the_reader_memo_is_read_back_and_the_probe_generalises_to_pairs_it_never_saw(
+    task, tmp_path, monkeypatch
+):
+    """The reader's vectors of the pair replies persist on disk, so a second reader (another run,
+    another test) never loads the LM for them; and a probe fit on the dev pairs alone orders the
+    heldout pairs the way the expert does (measured 98 %)."""
+    import torch
+
+    from rlprompt.rewards import reader as reader_module
+    from rlprompt.rewards.reader import ReaderProbe, ReplyReader
+
+    monkeypatch.setenv("RLPROMPT_CACHE", str(tmp_path))
+    pairs = load_pairs(task, splits=("dev", "heldout"))
+    dev = [p for p in pairs if p.split == "dev"][:16]
+    first = ReplyReader(task.base_instruction)
+    vectors = first([(p.scenario, p.chosen) for p in dev], persist=True)
+    assert vectors.shape == (16, 576) and first.file.is_file()
+
+    def refuse(*args):
+        raise AssertionError("the LM was loaded although the vectors are on disk")
+
+    monkeypatch.setattr(reader_module, "_load", refuse)
+    again = ReplyReader(task.base_instruction)([(p.scenario, p.chosen) for p in dev])
+    assert torch.allclose(again, vectors)
+    # the same reply after another customer turn is read differently: the context is part of the key
+    other = [(dev[1].scenario, dev[0].chosen)]
+    with pytest.raises(AssertionError, match="the LM was loaded"):
+        ReplyReader(task.base_instruction)(other)
+    monkeypatch.undo()
+
+    reader = ReplyReader(task.base_instruction)  # the shared memo (warm after the first run)
+    read = {s: [p for p in pairs if p.split == s] for s in ("dev", "heldout")}
+    chosen = {s: reader([(p.scenario, p.chosen) for p in ps], persist=True) for s, ps in read.items()}
+    rejected = {s: reader([(p.scenario, p.rejected) for p in ps], persist=True) for s, ps in read.items()}
+    probe = ReaderProbe.fit(chosen["dev"], rejected["dev"])
+    accuracy = float((probe(chosen["heldout"]) > probe(rejected["heldout"])).float().mean())
+    assert accuracy >= 0.8, accuracy
