@@ -185,6 +185,17 @@ def test_preference_model_generalises_across_folds(task, features):
     assert min(per_category.values()) >= 0.87, per_category
 
 
+def _share_reader_memo(tmp_path) -> None:
+    """Tests that move the cache to tmp_path keep the reader's pair vectors (rewards/reader.py):
+    what they check is the feature memo, and re-reading 256 replies cost ~40 s of CI each."""
+    import shutil
+
+    from rlprompt.models import cache_root
+
+    if (cache_root() / "reader").is_dir():
+        shutil.copytree(cache_root() / "reader", tmp_path / "reader")
+
+
 def test_pair_features_are_memoised_on_disk_and_keyed_by_the_pairs(task, tmp_path, monkeypatch):
     """The fit reads its pair features from disk when nothing they depend on changed, recomputes
     them when the memo is unreadable, and a different set of pairs gets its own file. (The dev
@@ -193,6 +204,7 @@ def test_pair_features_are_memoised_on_disk_and_keyed_by_the_pairs(task, tmp_pat
 
     from rlprompt.rewards.preference import PairFeatures, PreferenceReward
 
+    _share_reader_memo(tmp_path)
     monkeypatch.setenv("RLPROMPT_CACHE", str(tmp_path))
     first = PreferenceReward(task, split="dev")
     files = list((tmp_path / "preference").glob("*.pt"))
@@ -224,6 +236,7 @@ def test_the_reward_a_run_builds_reads_the_memo_too(task, tmp_path, monkeypatch)
     from rlprompt.rewards.factory import reward_from_config
     from rlprompt.rewards.preference import PairFeatures
 
+    _share_reader_memo(tmp_path)
     monkeypatch.setenv("RLPROMPT_CACHE", str(tmp_path))
     cfg = RewardConfig(
         name="preference", modules={"preference": 1.0}, options={"preference": {"split": "dev"}}
