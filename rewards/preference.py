@@ -37,6 +37,7 @@ import torch
 from rlprompt.errors import RewardError
 from rlprompt.models import cache_root
 from rlprompt.rewards.base import RewardResult, Sample, register_reward, replies_to_score
+from rlprompt.rewards.bradley_terry import fit_bradley_terry
 from rlprompt.rewards.expert import CONDUCT_FACTORS, ExpertReward, _vader
 from rlprompt.rewards.reader import ReaderProbe, ReplyReader, out_of_fold_scores
 from rlprompt.rewards.similarity import SimilarityReward, load_embedder
@@ -47,8 +48,8 @@ from rlprompt.task import Scenario, Task
 if TYPE_CHECKING:
     from rlprompt.preferences import PreferencePair
 
-# The splits the model is fit on by default; "audit6" (preferences_audit6.jsonl) never is.
-FIT_SPLITS = ("dev", "heldout", "fresh", "audit", "audit2", "audit3", "audit4", "audit5")
+# The splits the model is fit on by default; "audit7" (preferences_audit7.jsonl) never is.
+FIT_SPLITS = ("dev", "heldout", "fresh", "audit", "audit2", "audit3", "audit4", "audit5", "audit6")
 
 # Every feature with the direction a sales expert expects (+1: more is better, -1: less is better).
 FEATURES: dict[str, int] = {
@@ -122,28 +123,6 @@ class PairFeatures:
         return torch.tensor([[row[name] for name in FEATURES] for row in rows], dtype=torch.float32) * SIGNS
 
 
-def fit_bradley_terry(
-    chosen: torch.Tensor, rejected: torch.Tensor, l2: float, iterations: int = 200
-) -> torch.Tensor:
-    """Non-negative w minimising mean softplus(-(chosen - rejected) @ w) + l2 * |w|^2.
-
-    The Bradley-Terry loss; w = softplus(v) keeps every weight >= 0 (the signs are in the features).
-    """
-    diff = (chosen - rejected).double()
-    v = torch.full((diff.shape[1],), -2.0, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([v], max_iter=iterations, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        w = torch.nn.functional.softplus(v)
-        loss = torch.nn.functional.softplus(-(diff @ w)).mean() + l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return torch.nn.functional.softplus(v).detach().float()
-
-
 @register_reward("preference")
 class PreferenceReward:
     """A linear Bradley-Terry reward model over reply features, fit on expert pairs (dev, heldout, fresh, audit)."""
@@ -203,7 +182,10 @@ class PreferenceReward:
         self.learnable = std > MIN_FEATURE_STD  # (F,)
         self.std = torch.where(self.learnable, std, torch.ones_like(std))  # one l2 suits every feature
         weights = fit_bradley_terry(
-            self._standard(chosen)[:, self.learnable], self._standard(rejected)[:, self.learnable], l2
+            self._standard(chosen)[:, self.learnable],
+            self._standard(rejected)[:, self.learnable],
+            l2,
+            nonnegative=True,  # the signs are in FEATURES: no feature can be learnt backwards
         )
         self.weights = torch.zeros(len(std)).masked_scatter(self.learnable, weights)
         self.offset = float((self._standard(both) @ self.weights).mean())

@@ -275,6 +275,7 @@ def test_the_reader_memo_is_read_back_and_the_probe_generalises_to_pairs_it_neve
         raise AssertionError("the LM was loaded although the vectors are on disk")
 
     monkeypatch.setattr(reader_module, "_load", refuse)
+    monkeypatch.setattr(reader_module, "_MEMOS", {})  # another process: only the file is left
     again = ReplyReader(task.base_instruction)([(p.scenario, p.chosen) for p in dev])
     assert torch.allclose(again, vectors)
     # the same reply after another customer turn is read differently: the context is part of the key
@@ -290,3 +291,54 @@ def test_the_reader_memo_is_read_back_and_the_probe_generalises_to_pairs_it_neve
     probe = ReaderProbe.fit(chosen["dev"], rejected["dev"])
     accuracy = float((probe(chosen["heldout"]) > probe(rejected["heldout"])).float().mean())
     assert accuracy >= 0.8, accuracy
+
+
+def test_readers_in_one_process_share_one_memo_read_once_and_keyed_by_version_not_source(
+    task, tmp_path, monkeypatch
+):
+    """A comparison builds the reward eight times: the reader's file is loaded once per process and
+    every build sees the vectors the others read. The file is named by READER_VERSION, the model,
+    the dtype and the system prompt, so editing a comment in reader.py does not recompute 2,048 vectors."""
+    import torch
+
+    from rlprompt.rewards import reader as reader_module
+    from rlprompt.rewards.reader import ReplyReader
+
+    monkeypatch.setenv("RLPROMPT_CACHE", str(tmp_path))
+    dev = [p for p in load_pairs(task, splits=("dev",))][:2]
+    items = [(p.scenario, p.chosen) for p in dev]
+    ReplyReader(task.base_instruction)(items, persist=True)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(reader_module.torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    monkeypatch.setattr(reader_module, "_load", lambda *a: pytest.fail("the LM was loaded for memoised replies"))
+    builds = [ReplyReader(task.base_instruction) for _ in range(3)]
+    assert all(b.memo is builds[0].memo for b in builds) and loads == []  # in memory already: no file read
+    monkeypatch.setattr(reader_module, "_MEMOS", {})
+    first, second = ReplyReader(task.base_instruction), ReplyReader(task.base_instruction)
+    assert len(loads) == 1 and first.memo is second.memo and len(first.memo) == 2
+
+    monkeypatch.setattr(reader_module, "_MEMOS", {})
+    monkeypatch.setattr(reader_module.Path, "read_bytes", lambda self: b"edited source")
+    assert ReplyReader(task.base_instruction).file == first.file
+    monkeypatch.setattr(reader_module, "READER_VERSION", reader_module.READER_VERSION + 1)
+    assert ReplyReader(task.base_instruction).file != first.file
+
+
+def test_one_bradley_terry_fit_serves_both_models_free_or_nonnegative():
+    """The probe (free weights) and `preference` (weights >= 0) share one minimiser; on pairs where a
+    feature is preferred backwards, only the free fit may give it a negative weight, and both order
+    the pairs they were fit on."""
+    import torch
+
+    from rlprompt.rewards.bradley_terry import fit_bradley_terry
+
+    g = torch.Generator().manual_seed(0)
+    rejected = torch.randn(200, 3, generator=g)
+    truth = torch.tensor([1.0, -1.0, 0.0])
+    chosen = rejected + torch.randn(200, 3, generator=g) * 0.3 + truth
+    free = fit_bradley_terry(chosen, rejected, l2=0.01, nonnegative=False)
+    clamped = fit_bradley_terry(chosen, rejected, l2=0.01, nonnegative=True)
+    assert free[0] > 0.5 and free[1] < -0.5
+    assert (clamped >= 0).all() and clamped[1] < 0.05 and clamped[0] > 0.5
+    assert float(((chosen - rejected) @ free > 0).float().mean()) > 0.95
