@@ -68,7 +68,7 @@ ROLE_BREAK = re.compile(
 )
 RUDE = re.compile(
     r"\b(hurry up|not my problem|figure it out (yourself|on your own)|stupid|dumb|obviously|i don'?t have (all day|time)|"
-    r"waste (of )?my time|wasting my time|just buy|make up your mind|i already told you|are you serious|"
+    r"waste (of )?my time|wasting my time|just buy|make up your mind|i already told you|i told you (already|before)|are you serious|"
     r"come on|duh|if you can'?t afford|people like you|do your (own )?research|google it|"
     r"read the (brochure|website)|take it or leave it|not interested in (your|tire)|what'?s (your|the) problem|"
     r"use your head|seriously\?|any other (dumb|silly) questions|i'?m busy|next customer|pretty basic|"
@@ -81,6 +81,23 @@ RUDE = re.compile(
     r"(it'?s|that'?s) (a bit|a little) much|every(one|body) says (that|they)|done when we'?re done|the number is the number)\b",
     re.IGNORECASE,
 )
+# "Not a dumb question at all!", "there are no stupid questions": an insult word under a negation
+# is reassurance, and the rule marked such warm replies rude (blind set audit6, stop 23).
+INSULT_WORDS = ("stupid", "dumb")
+NEGATED = re.compile(
+    r"\b(not|no|never|isn'?t|aren'?t|no such thing as)\s+((a|an|such a|at all)\s+)?$", re.IGNORECASE
+)
+
+
+def is_rude(reply: str) -> bool:
+    """A `RUDE` phrase that is not an insult word negated just before it."""
+    return any(
+        m.group(0).lower() not in INSULT_WORDS
+        or not NEGATED.search(reply[max(0, m.start() - 30) : m.start()])
+        for m in RUDE.finditer(reply)
+    )
+
+
 PRESSURE = re.compile(
     r"\b(buy (it )?(today|now|right now)|sign (today|now|right now|it today)|decide (today|now|right now)|"
     r"right now or|won'?t last|ends (today|tonight)|today only|only today|before (it'?s|its|they'?re) gone|"
@@ -216,7 +233,7 @@ class ExpertReward:
         failed: dict[str, float] = {}
         if ROLE_BREAK.search(reply):
             failed["role_break"] = self.factors["role_break"]
-        if RUDE.search(reply):
+        if is_rude(reply):
             failed["rude"] = self.factors["rude"]
         pressure_ok = self.task.urgency[scenario.urgency].pressure_ok
         if not pressure_ok and (

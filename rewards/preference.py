@@ -38,7 +38,7 @@ from rlprompt.errors import RewardError
 from rlprompt.models import cache_root
 from rlprompt.rewards.base import RewardResult, Sample, register_reward, replies_to_score
 from rlprompt.rewards.bradley_terry import fit_bradley_terry
-from rlprompt.rewards.expert import CONDUCT_FACTORS, ExpertReward, _vader
+from rlprompt.rewards.expert import CONDUCT_FACTORS, INVENTED, ExpertReward, _vader
 from rlprompt.rewards.reader import ReaderProbe, ReplyReader, out_of_fold_scores
 from rlprompt.rewards.similarity import SimilarityReward, load_embedder
 from rlprompt.rewards.text import words
@@ -48,8 +48,8 @@ from rlprompt.task import Scenario, Task
 if TYPE_CHECKING:
     from rlprompt.preferences import PreferencePair
 
-# The splits the model is fit on by default; "audit7" (preferences_audit7.jsonl) never is.
-FIT_SPLITS = ("dev", "heldout", "fresh", "audit", "audit2", "audit3", "audit4", "audit5", "audit6")
+# The splits the model is fit on by default; "audit8" (preferences_audit8.jsonl) never is.
+FIT_SPLITS = ("dev", "heldout", "fresh", "audit", "audit2", "audit3", "audit4", "audit5", "audit6", "audit7")
 
 # Every feature with the direction a sales expert expects (+1: more is better, -1: less is better).
 FEATURES: dict[str, int] = {
@@ -59,6 +59,9 @@ FEATURES: dict[str, int] = {
     "concise": +1,
     "warm": +1,
     **{flag: -1 for flag in (*CONDUCT_FACTORS, "repetition")},  # failed conduct checks
+    # the part of `invented` the base instruction forbids (prices, discounts, stock): `invented` also
+    # fires on a spec figure ("about 300 miles of range"), which answers a question (stop 23)
+    "invented_terms": -1,
     "too_many_questions": -1,  # questions past two: an interrogation
     "words_over_60": -1,  # padding past a few sentences
     "negative_sentiment": -1,  # VADER's negative share
@@ -89,6 +92,7 @@ class PairFeatures:
         self.embeddings = SimilarityReward(task, embedder=embedder)
         self.tone = ToneFeatures(self.embeddings.embed)
         self.reader = ReplyReader(task.base_instruction)
+        self.forbids_terms = not task.rubric.price_patterns_allowed
 
     def named(self, items: list[tuple[Scenario, str, str]]) -> list[dict[str, float]]:
         replies = self.embeddings.embed([reply for _, _, reply in items])
@@ -106,6 +110,7 @@ class PairFeatures:
             row = dict(self.expert.behaviours(reply))
             row.update({flag: 1.0 if flag in failed else 0.0 for flag in (*CONDUCT_FACTORS, "repetition")})
             row["scheduled"] = 1.0 if row["next_step"] and WHEN.search(reply) else 0.0
+            row["invented_terms"] = 1.0 if self.forbids_terms and INVENTED.search(reply) else 0.0
             row["too_many_questions"] = max(0, reply.count("?") - 2)  # each one past two
             row["words_over_60"] = max(0, len(words(reply)) - 60) / 60
             row["negative_sentiment"] = _vader().polarity_scores(reply)["neg"]

@@ -14,8 +14,9 @@ stop 18), `preferences_audit.jsonl` (`audit`, the first test of stop 19), `prefe
 (`audit2`, the test of stop 19), `preferences_audit3.jsonl` (`audit3`, the test of stop 20) and
 `preferences_audit4.jsonl` (`audit4`, a second blind test of the round-3 reward, stop 21),
 `preferences_audit5.jsonl` (`audit5`, the test of stop 21), `preferences_audit6.jsonl` (`audit6`,
-the test of stop 22). `preferences_audit7.jsonl` (`audit7`, 256 pairs, stop 23, half of them in a
-small chatbot's clumsy voice) is the test now: never fit or tuned on (`preference` refuses it as a fit split). Each
+the test of stop 22), `preferences_audit7.jsonl` (`audit7`, 256 pairs, half of them in a small
+chatbot's clumsy voice: the test of round 6, stop 23). `preferences_audit8.jsonl` (`audit8`, 256
+pairs, stop 23) is the test now: never fit or tuned on (`preference` refuses it as a fit split). Each
 extra file is opened only when a caller asks for its split, so fitting cannot touch the test pairs.
 """
 
@@ -46,9 +47,10 @@ FILE_SPLITS = {
     "preferences_audit5.jsonl": ("audit5",),
     "preferences_audit6.jsonl": ("audit6",),
     "preferences_audit7.jsonl": ("audit7",),
+    "preferences_audit8.jsonl": ("audit8",),
 }
 SPLITS = tuple(split for splits in FILE_SPLITS.values() for split in splits)
-TEST_SPLITS = ("audit7",)
+TEST_SPLITS = ("audit8",)
 # The sales behaviours the pairs test (issue 15). A label outside them (a blind set once wrote
 # "next" for "next_step") would report a category of its own and hide the pairs from the one it means.
 CATEGORIES = (

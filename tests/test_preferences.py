@@ -76,51 +76,53 @@ def test_a_bad_pair_names_the_file_line_and_field(task, tmp_path):
 
 
 def test_audit_pairs_load_only_when_asked_and_the_reward_never_fits_on_them(task, tmp_path):
-    """An audit6 file next to preferences.jsonl adds split "audit6" pairs (the reward's final test);
-    fitting never opens it, and naming it as a fit split is refused."""
+    """The test split's file (today preferences_audit8.jsonl) next to preferences.jsonl adds its pairs
+    (the reward's final test); fitting never opens it, and naming it as a fit split is refused."""
     import dataclasses
+
+    from rlprompt.preferences import TEST_SPLITS
+    from rlprompt.rewards.preference import FIT_SPLITS
+
+    test = TEST_SPLITS[0]
 
     lines = (task.folder / "preferences.jsonl").read_text().splitlines()
     (tmp_path / "preferences.jsonl").write_text("\n".join(lines) + "\n")
-    own = {**json.loads(lines[0]), "id": "mine-1", "split": "audit6"}
-    audit = tmp_path / "preferences_audit6.jsonl"
+    own = {**json.loads(lines[0]), "id": "mine-1", "split": test}
+    audit = tmp_path / f"preferences_{test}.jsonl"
     audit.write_text(json.dumps(own) + "\n")
     local = dataclasses.replace(task, folder=tmp_path)
     everything = load_pairs(local)
-    assert [p.id for p in everything if p.split == "audit6"] == ["mine-1"]
+    assert [p.id for p in everything if p.split == test] == ["mine-1"]
     assert len(everything) == len(lines) + 1
-    assert all(
-        p.split != "audit6"
-        for p in load_pairs(
-            local, splits=("dev", "heldout", "fresh", "audit", "audit2", "audit3", "audit4", "audit5")
-        )
-    )
+    assert all(p.split != test for p in load_pairs(local, splits=FIT_SPLITS))
     # an audit file with a dev pair in it (or a reused id) would leak the test into the fit
     audit.write_text(json.dumps({**own, "split": "dev"}) + "\n")
-    with pytest.raises(ConfigError, match=r"preferences_audit6.jsonl:1: split 'dev'; valid: audit6"):
+    with pytest.raises(ConfigError, match=rf"preferences_{test}.jsonl:1: split 'dev'; valid: {test}"):
         load_pairs(local)
     audit.write_text(json.dumps({**own, "id": "pref-0001"}) + "\n")
     with pytest.raises(ConfigError, match=r"also used in another preference file"):
         load_pairs(local)
     broken = {k: v for k, v in own.items() if k != "rejected"}
     audit.write_text(json.dumps(broken) + "\n")
-    with pytest.raises(ConfigError, match=r"preferences_audit6.jsonl:1: missing field 'rejected'"):
+    with pytest.raises(ConfigError, match=rf"preferences_{test}.jsonl:1: missing field 'rejected'"):
         load_pairs(local)
     audit.write_text(json.dumps({**own, "history": [{"role": "customer", "content": "Hi"}]}) + "\n")
-    with pytest.raises(ConfigError, match=r"audit6.jsonl:1: field 'history' has a turn with role 'customer'"):
+    with pytest.raises(
+        ConfigError, match=rf"{test}.jsonl:1: field 'history' has a turn with role 'customer'"
+    ):
         load_pairs(local)
     audit.write_text(json.dumps({**own, "category": "next"}) + "\n")
-    with pytest.raises(ConfigError, match=r"audit6.jsonl:1: category 'next'; valid: needs, next_step,"):
+    with pytest.raises(ConfigError, match=rf"{test}.jsonl:1: category 'next'; valid: needs, next_step,"):
         load_pairs(local)
     audit.write_text(json.dumps({**own, "chosen": " "}) + "\n")
     with pytest.raises(ConfigError, match=r":1: field 'chosen' is empty"):
         load_pairs(local)
-    # the preference model fits on dev + heldout (+ fresh, audit … audit5) and never opens the (broken) audit6 file
+    # the preference model fits on dev + heldout (+ the later files, none here) and never opens the (broken) test file
     from rlprompt.rewards.preference import PreferenceReward
 
     assert PreferenceReward(local).n_pairs == len(lines)
-    with pytest.raises(RewardError, match="must not include 'audit6'"):
-        PreferenceReward(local, split="dev+audit6")
+    with pytest.raises(RewardError, match=f"must not include '{test}'"):
+        PreferenceReward(local, split=f"dev+{test}")
     dev = [x for x in lines if json.loads(x)["split"] == "dev"]
     assert PreferenceReward(local, split="dev+audit2").n_pairs == len(dev)  # no audit2 file here
 
@@ -134,7 +136,7 @@ def features(task):
 
 def test_preference_model_fits_only_the_splits_it_is_given(task, tmp_path, features):
     """Scrambling every heldout pair must not change a dev-only fit, and must change the default."""
-    from rlprompt.rewards.preference import PreferenceReward
+    from rlprompt.rewards.preference import FIT_SPLITS, PreferenceReward
 
     lines = (task.folder / "preferences.jsonl").read_text().splitlines()
     scrambled = []
@@ -150,11 +152,8 @@ def test_preference_model_fits_only_the_splits_it_is_given(task, tmp_path, featu
     assert np.allclose(dev.weights.numpy(), other.weights.numpy())
     assert (dev.weights >= 0).all()  # signs live in the features: no signal learned backwards
     default = PreferenceReward(task, features=features)
-    later = [
-        (task.folder / f"preferences_{s}.jsonl").read_text().splitlines()
-        for s in ("fresh", "audit", "audit2", "audit3", "audit4", "audit5")
-    ]
-    assert default.n_pairs == len(lines) + sum(map(len, later))  # dev + heldout + fresh + audit … audit5
+    later = [(task.folder / f"preferences_{s}.jsonl").read_text().splitlines() for s in FIT_SPLITS[2:]]
+    assert default.n_pairs == len(lines) + sum(map(len, later))  # dev + heldout + fresh + audit … audit7
     scrambled_default = PreferenceReward(task, pairs_file=str(path), features=features)
     assert not np.allclose(default.weights.numpy(), scrambled_default.weights.numpy())
 
@@ -311,7 +310,9 @@ def test_readers_in_one_process_share_one_memo_read_once_and_keyed_by_version_no
     loads = []
     real_load = torch.load
     monkeypatch.setattr(reader_module.torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
-    monkeypatch.setattr(reader_module, "_load", lambda *a: pytest.fail("the LM was loaded for memoised replies"))
+    monkeypatch.setattr(
+        reader_module, "_load", lambda *a: pytest.fail("the LM was loaded for memoised replies")
+    )
     builds = [ReplyReader(task.base_instruction) for _ in range(3)]
     assert all(b.memo is builds[0].memo for b in builds) and loads == []  # in memory already: no file read
     monkeypatch.setattr(reader_module, "_MEMOS", {})

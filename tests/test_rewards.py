@@ -265,6 +265,37 @@ def test_expert_module_sees_what_a_sales_manager_sees(task):
         REWARDS.get("expert")(task=task, weights={"charm": 1.0})
 
 
+def test_a_negated_insult_is_reassurance_not_rudeness_and_a_spec_is_not_an_invented_price(task):
+    """Blind pairs (audit6) caught the rule calling "Not a dumb question at all!" rude, and counting a
+    spec that answers the question ("about 300 miles") like an invented discount. The `preference`
+    model now sees invented prices, discounts and stock apart from other figures (`invented_terms`)."""
+    from rlprompt.rewards.preference import FEATURES, PairFeatures
+
+    expert = REWARDS.get("expert")(task=task)
+    scenario = scenario_of(task, stage="Exploration", urgency="low")
+    for kind in (
+        "Not a dumb question at all!",
+        "There are no stupid questions here.",
+        "That's not a dumb question.",
+    ):
+        assert "rude" not in expert.conduct(scenario, f"{kind} AWD means all-wheel drive.", scenario.customer)
+    for rude in (
+        "That's a dumb question.",
+        "No, that's a dumb idea.",
+        "I told you already, it's all-wheel drive.",
+    ):
+        assert "rude" in expert.conduct(scenario, rude, scenario.customer), rude
+    assert FEATURES["invented_terms"] == -1
+    named = PairFeatures(task).named(
+        [
+            (scenario, scenario.customer, "The long-range model is rated around 300 miles."),
+            (scenario, scenario.customer, "It's $2,000 off this week, and only two left in stock."),
+        ]
+    )
+    assert named[0]["invented"] == 1.0 and named[0]["invented_terms"] == 0.0
+    assert named[1]["invented"] == 1.0 and named[1]["invented_terms"] == 1.0
+
+
 def test_relevance_prefers_the_reply_about_what_the_customer_asked(task):
     relevance = REWARDS.get("relevance")(task=task)
     s = scenario_of(task, stage="Exploration", persona="Investor")
