@@ -6,14 +6,14 @@
     python benchmarks/reward_preferences.py --panel --splits train --limit 96 --rules benchmarks/rules.txt
                                                             # headroom of the learner's rule space
 
-1. Pairs (1,024 expert pairs in 8 categories: `preferences.jsonl` dev / heldout halves,
-   `preferences_fresh.jsonl`, `preferences_audit.jsonl` … `preferences_audit5.jsonl`): pairwise
+1. Pairs (1,408 expert pairs in 8 categories: `preferences.jsonl` dev / heldout halves,
+   `preferences_fresh.jsonl`, `preferences_audit.jsonl` … `preferences_audit7.jsonl`): pairwise
    accuracy of every reward module alone and of the composites, per category and overall.
    `preference` is fit on all of them, so those tables are in-sample; generalisation is measured by
-   cross-validation: fit on the rest -> score audit5 (the last set fit on), and 4-fold CV
+   cross-validation: fit on the rest -> score the last set fit on (audit7), and 4-fold CV
    over all pairs stratified by category.
-   `preferences_audit6.jsonl` (split `audit6`, 128 pairs written blind, never fit or tuned on) is
-   read only when `--pair-splits` names it, and reported as the final test.
+   The test split's file (`preferences_audit8.jsonl`, 256 pairs written blind, never fit or tuned
+   on) is read only when `--pair-splits` names it, and reported as the final test.
 2. Panel (`--panel`): a fixed list of system prompts in the order a person expects (rude first,
    base plus good-practice additions last). Each is played by the target on held-out scenarios and
    scored; the table gives every prompt's reward with a 95 % CI, its paired difference to the base
@@ -212,7 +212,7 @@ def main() -> None:
         "--pair-splits",
         nargs="+",
         default=list(FIT_SPLITS),
-        help="pair splits to read; add 'audit6' for the final test (never while tuning)",
+        help=f"pair splits to read; add '{TEST_SPLITS[0]}' for the final test (never while tuning)",
     )
     parser.add_argument(
         "--rules", type=Path, default=None, help="a file of rules, one per line, each played as base + rule"

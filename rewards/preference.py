@@ -10,7 +10,7 @@ Bradley & Terry 1952): P(a preferred to b) = sigmoid(r(a) - r(b)), r linear in `
   (is the question about what the customer raised; does the opening answer it).
 - `reader`: a linear probe on how a frozen SmolLM2 reads the reply in its conversation
   (rewards/reader.py), fit on out-of-fold scores so it cannot take the weight by memorising its
-  own pairs (stop 22: blind 81 -> 87 %, docs/REWARDS.md round 5).
+  own pairs (stop 22: blind 81 -> 87 %, docs/REWARDS.md round 5; layer 20 since round 6).
 Each feature carries the sign an expert expects and the fit keeps every weight >= 0, so the model
 cannot learn a feature backwards from a quirk of a few hundred pairs, and a policy cannot raise the reward by
 making a reply worse on any one signal. (Measured: adding the raw 384-d embeddings gained ~2 % in
@@ -18,7 +18,7 @@ cross-validation on the dev pairs but scored a great reply 0.13 and a question b
 
 It is fit at construction, deterministically (L-BFGS, L2 penalty 0.1: the same 4-fold accuracy as
 0.03 with smaller weights, safer on target replies unlike any pair), on the `dev`, `heldout`,
-`fresh`, `audit` … `audit5` pairs (1,024); the `audit6` pairs (preferences_audit6.jsonl) are never fit
+`fresh`, `audit` … `audit7` pairs (1,408); the `audit8` pairs (preferences_audit8.jsonl) are never fit
 on and are what benchmarks/reward_preferences.py reports as the final test. Scores are
 sigmoid(r - mean r over the fitted replies).
 """

@@ -6,7 +6,7 @@ A language model that reads the customer's turn, the history and the reply has t
 hidden states. A linear probe on them, fit on expert pairs (Bradley-Terry), is the smallest reward
 model there is: the recipe of RLHF reward models (Ouyang et al. 2022, https://arxiv.org/abs/2203.02155)
 with the LM frozen, so 1,000 pairs are enough. The figures, on pairs written blind, are in
-docs/REWARDS.md (round 5).
+docs/REWARDS.md (rounds 5 to 7).
 
 The reply is read after the task's base instruction, never after the prompt that produced it: the
 reward judges what the customer sees, and a prompt cannot raise it by its own wording.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -42,6 +43,7 @@ PROBE_L2 = 0.03  # on standardised states; 0.03 / 0.1 / 0.3 gave 97.8 / 97.1 / 9
 # One memo per file per process: every reward built in a run (a comparison builds eight) shares it,
 # and the file is read once, not once per build.
 _MEMOS: dict[Path, dict[str, torch.Tensor]] = {}
+_HOOK_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=2)
@@ -126,21 +128,23 @@ class _Reached(Exception):
 def _hidden_states(model, input_ids: torch.Tensor, mask: torch.Tensor, layer: int) -> torch.Tensor:
     """(B, T, H): the output of decoder layer `layer` (hidden_states[layer] of a full forward pass).
 
-    A forward hook stops the pass there; the model is shared (the target may be the same weights),
-    so it is hooked for this call only and never changed.
+    A forward hook stops the pass there. The reader's model is shared by every reader in the
+    process, and the serving gateway scores in a background thread, so the hook exists only inside
+    a lock: no other pass can run into it.
     """
 
     def stop(module, inputs, output):
         raise _Reached(output[0] if isinstance(output, tuple) else output)
 
-    handle = model.model.layers[layer - 1].register_forward_hook(stop)
-    try:
-        with torch.no_grad():
-            model.model(input_ids=input_ids, attention_mask=mask)
-    except _Reached as reached:
-        return reached.hidden
-    finally:
-        handle.remove()
+    with _HOOK_LOCK:
+        handle = model.model.layers[layer - 1].register_forward_hook(stop)
+        try:
+            with torch.no_grad():
+                model.model(input_ids=input_ids, attention_mask=mask)
+        except _Reached as reached:
+            return reached.hidden
+        finally:
+            handle.remove()
     raise RuntimeError(f"decoder layer {layer} was never reached")
 
 

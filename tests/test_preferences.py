@@ -343,3 +343,23 @@ def test_one_bradley_terry_fit_serves_both_models_free_or_nonnegative():
     assert free[0] > 0.5 and free[1] < -0.5
     assert (clamped >= 0).all() and clamped[1] < 0.05 and clamped[0] > 0.5
     assert float(((chosen - rejected) @ free > 0).float().mean()) > 0.95
+
+
+def test_the_reader_stops_at_its_layer_with_the_states_a_full_pass_gives_and_leaves_no_hook():
+    """`_hidden_states` ends the forward pass at READER_LAYER with a hook; the states must be those
+    of a full pass (hidden_states[READER_LAYER]) and the shared model must be left without hooks."""
+    import torch
+
+    from rlprompt.rewards import reader as reader_module
+
+    model, tokenizer = reader_module._load(reader_module.READER_MODEL, reader_module.READER_DTYPE)
+    ids = torch.tensor([tokenizer("Happy to help. What will you mostly use the car for?")["input_ids"]])
+    mask = torch.ones_like(ids)
+    hooks = [dict(layer._forward_hooks) for layer in model.model.layers]
+    stopped = reader_module._hidden_states(model, ids, mask, reader_module.READER_LAYER)
+    assert [dict(layer._forward_hooks) for layer in model.model.layers] == hooks  # ours is gone
+    with torch.no_grad():
+        full = model.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    assert stopped.shape == full[reader_module.READER_LAYER].shape
+    assert torch.allclose(stopped.float(), full[reader_module.READER_LAYER].float())
+    assert not torch.allclose(stopped.float(), full[-1].float())  # not the final states
