@@ -252,8 +252,12 @@ class ExpertReward:
             failed["repetition"] = repeated
         return failed
 
+    def invented_terms(self, reply: str) -> bool:
+        """Prices, percentages, discounts or stock counts, where the task's rubric forbids them."""
+        return not self.task.rubric.price_patterns_allowed and bool(INVENTED.search(reply))
+
     def _invented(self, reply: str, customer_said: str) -> bool:
-        if not self.task.rubric.price_patterns_allowed and INVENTED.search(reply):
+        if self.invented_terms(reply):
             return True
         said = customer_said.lower()
         for pattern in (YEAR, FIGURE, SPELLED_FIGURE):

@@ -38,7 +38,7 @@ from rlprompt.errors import RewardError
 from rlprompt.models import cache_root
 from rlprompt.rewards.base import RewardResult, Sample, register_reward, replies_to_score
 from rlprompt.rewards.bradley_terry import fit_bradley_terry
-from rlprompt.rewards.expert import CONDUCT_FACTORS, INVENTED, ExpertReward, _vader
+from rlprompt.rewards.expert import CONDUCT_FACTORS, ExpertReward, _vader
 from rlprompt.rewards.reader import ReaderProbe, ReplyReader, out_of_fold_scores
 from rlprompt.rewards.similarity import SimilarityReward, load_embedder
 from rlprompt.rewards.text import words
@@ -92,7 +92,6 @@ class PairFeatures:
         self.embeddings = SimilarityReward(task, embedder=embedder)
         self.tone = ToneFeatures(self.embeddings.embed)
         self.reader = ReplyReader(task.base_instruction)
-        self.forbids_terms = not task.rubric.price_patterns_allowed
 
     def named(self, items: list[tuple[Scenario, str, str]]) -> list[dict[str, float]]:
         replies = self.embeddings.embed([reply for _, _, reply in items])
@@ -110,7 +109,7 @@ class PairFeatures:
             row = dict(self.expert.behaviours(reply))
             row.update({flag: 1.0 if flag in failed else 0.0 for flag in (*CONDUCT_FACTORS, "repetition")})
             row["scheduled"] = 1.0 if row["next_step"] and WHEN.search(reply) else 0.0
-            row["invented_terms"] = 1.0 if self.forbids_terms and INVENTED.search(reply) else 0.0
+            row["invented_terms"] = 1.0 if self.expert.invented_terms(reply) else 0.0
             row["too_many_questions"] = max(0, reply.count("?") - 2)  # each one past two
             row["words_over_60"] = max(0, len(words(reply)) - 60) / 60
             row["negative_sentiment"] = _vader().polarity_scores(reply)["neg"]

@@ -159,7 +159,8 @@ class ReaderProbe:
     @classmethod
     def fit(cls, chosen: torch.Tensor, rejected: torch.Tensor, l2: float = PROBE_L2) -> ReaderProbe:
         """chosen, rejected: (P, H). Unlike the hand-made features the directions are unknown, so the
-        weights are free; an L2 penalty of 0.1 on standardised states held up in cross-validation."""
+        weights are free; an L2 penalty of 0.03 (`PROBE_L2`) on standardised states did best in
+        cross-validation (docs/REWARDS.md, round 6)."""
         both = torch.cat([chosen, rejected])
         mean, std = both.mean(0), both.std(0) + 1e-6
         weights = fit_bradley_terry(

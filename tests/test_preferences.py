@@ -350,6 +350,7 @@ def test_the_reader_stops_at_its_layer_with_the_states_a_full_pass_gives_and_lea
     of a full pass (hidden_states[READER_LAYER]) and the shared model must be left without hooks."""
     import torch
 
+    from rlprompt.models import load_model
     from rlprompt.rewards import reader as reader_module
 
     model, tokenizer = reader_module._load(reader_module.READER_MODEL, reader_module.READER_DTYPE)
@@ -358,8 +359,10 @@ def test_the_reader_stops_at_its_layer_with_the_states_a_full_pass_gives_and_lea
     hooks = [dict(layer._forward_hooks) for layer in model.model.layers]
     stopped = reader_module._hidden_states(model, ids, mask, reader_module.READER_LAYER)
     assert [dict(layer._forward_hooks) for layer in model.model.layers] == hooks  # ours is gone
+    # the full pass on a copy of its own: output_hidden_states leaves capture hooks on the model it runs
+    reference, _ = load_model(reader_module.READER_MODEL, reader_module.READER_DTYPE, device="cpu")
     with torch.no_grad():
-        full = model.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        full = reference.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
     assert stopped.shape == full[reader_module.READER_LAYER].shape
     assert torch.allclose(stopped.float(), full[reader_module.READER_LAYER].float())
     assert not torch.allclose(stopped.float(), full[-1].float())  # not the final states
