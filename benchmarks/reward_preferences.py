@@ -153,12 +153,22 @@ def panel_report(task, splits: list[str], rules: list[str] = (), limit: int | No
         parts = {k: v.numpy() for k, v in reward.score(samples).parts.items()}
         totals[name] = {c: sum(w * parts[m] for m, w in weights.items()) for c, weights in COMPOSITES.items()}
         totals[name].update(parts)
+        broke = np.array([bool(ROLE_BREAK.search(r)) for r in replies])
+        default = totals[name]["sales_default"]  # what a role break costs under the training reward
+        behaviour[name]["reward_role_break"] = float(default[broke].mean()) if broke.any() else None
+        behaviour[name]["reward_in_role"] = float(default[~broke].mean()) if (~broke).any() else None
     figures: dict = {"splits": splits, "n": len(scenarios), "rewards": {}, "behaviour": behaviour}
     print(f"\n## what the target did on {'+'.join(splits)} (n={len(scenarios)}): share of replies\n")
-    print("| prompt | asks a question | proposes a next step | breaks role |\n|---|---|---|---|")
+    print(
+        "| prompt | asks a question | proposes a next step | breaks role | sales_default when it breaks role "
+        "/ otherwise |\n|---|---|---|---|---|"
+    )
     for name, _ in panel:
         row = behaviour[name]
-        print(f"| {name} | {row['asks']:.2f} | {row['next_step']:.2f} | {row['role_break']:.2f} |")
+        split = " / ".join(
+            "–" if row[k] is None else f"{row[k]:.3f}" for k in ("reward_role_break", "reward_in_role")
+        )
+        print(f"| {name} | {row['asks']:.2f} | {row['next_step']:.2f} | {row['role_break']:.2f} | {split} |")
     for composite in [*COMPOSITES, *MODULES]:
         rows = {}
         print(f"\n## panel on {'+'.join(splits)} (n={len(scenarios)}), reward = {composite}\n")

@@ -6,6 +6,9 @@ reads each method's best-so-far curve (training reward vs calls, one per seed) a
 over the budget (trapezoid over calls / budget; before a method's first scored call it counts 0).
 
     python benchmarks/sample_efficiency.py [--budget 40] [--seeds 0 1 2] [--scenarios 8]   (707 s at --budget 48 --scenarios 12)
+    python benchmarks/sample_efficiency.py --budget 864 --seeds 0 --scenarios 0 --new-tokens 48 --score-subset 8 --keep
+        (the default PPO run's budget, every held-out scenario, the default reply length; --keep
+        reuses finished runs and cached replies, so a later `--seeds 0 1` adds seed 1 only)
 """
 
 from __future__ import annotations
@@ -40,18 +43,27 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--budget", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--scenarios", type=int, default=8)
+    parser.add_argument("--scenarios", type=int, default=8, help="per held-out split; 0 = all")
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--score-subset", type=int, default=4, help="scenarios per OPRO/bandit/random candidate"
+    )
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument(
+        "--keep", action="store_true", help="reuse finished runs and replies in the run folder"
+    )
     args = parser.parse_args()
-    out = REPO / "runs" / "bench" / "sample_efficiency"  # kept (gitignored): its prompts feed transfer.py
-    shutil.rmtree(out, ignore_errors=True)  # compare.py would reuse finished runs found there
+    # kept (gitignored): its prompts feed transfer.py
+    out = REPO / "runs" / "bench" / f"sample_efficiency_budget{args.budget}"
+    if not args.keep:
+        shutil.rmtree(out, ignore_errors=True)  # compare.py would reuse finished runs found there
     with tempfile.TemporaryDirectory() as tmp, Stopwatch() as watch:
+        cache = out / "replies.sqlite" if args.keep else Path(tmp) / "c.sqlite"
         cmd = [
             sys.executable, str(REPO / "scripts" / "compare.py"), "+mode=efficiency", f"+budget={args.budget}",
-            f"+seeds=[{','.join(map(str, args.seeds))}]", f"eval.max_scenarios={args.scenarios}",
-            f"target.max_new_tokens={args.new_tokens}", "optimizer.score_subset=4", f"threads={args.threads}",
-            f"cache.path={Path(tmp) / 'c.sqlite'}", f"hydra.run.dir={out}",
+            f"+seeds=[{','.join(map(str, args.seeds))}]", f"eval.max_scenarios={args.scenarios or 'null'}",
+            f"target.max_new_tokens={args.new_tokens}", f"optimizer.score_subset={args.score_subset}",
+            f"threads={args.threads}", f"cache.path={cache}", f"hydra.run.dir={out}",
         ]  # fmt: skip
         result = subprocess.run(
             cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True
@@ -63,22 +75,31 @@ def main() -> None:
     for label in METHODS:
         method = results["methods"][label]
         aucs = [area_under_curve([tuple(p) for p in c], args.budget) for c in method["curves"].values()]
-        test = method["splits"]["test"]
+        test, heldout = method["splits"]["test"], method["splits"]["heldout_persona"]
         rows[label] = {
             "auc_mean": round(float(np.mean(aucs)), 4), "auc_per_seed": [round(a, 4) for a in aucs],
             "final_test_reward": round(test["mean"], 4), "test_per_seed": test["per_seed"],
+            "test_minus_base": test["diff_vs_manual"], "heldout_persona_reward": round(heldout["mean"], 4),
+            "heldout_persona_minus_base": heldout["diff_vs_manual"],
             "calls_used": method["target_calls"], "optimize_seconds": round(method["optimize_seconds"], 1),
+            "prompts": method["prompts"],
         }  # fmt: skip
         print(f"{label:11s} AUC {np.mean(aucs):.3f} (per seed {', '.join(f'{a:.3f}' for a in aucs)})  "
-              f"held-out test {test['mean']:.3f}  calls {method['target_calls']:.0f}")  # fmt: skip
+              f"test {test['mean']:.3f} ({_diff(test)} vs base)  heldout_persona {heldout['mean']:.3f} "
+              f"({_diff(heldout)} vs base)  calls {method['target_calls']:.0f}")  # fmt: skip
     manual = results["methods"]["manual"]["splits"]["test"]["mean"]
     best = max(rows, key=lambda k: rows[k]["auc_mean"])
     print(f"hand-written prompt on test: {manual:.3f}; most sample-efficient (AUC): {best}")
     print(f"wall time {watch.seconds:.0f} s; report: {out / 'report.md'}")
-    write_result("sample_efficiency", {
+    write_result("sample_efficiency" + ("" if args.budget == 40 else f"_budget{args.budget}"), {
         "budget": args.budget, "seeds": args.seeds, "eval_scenarios": args.scenarios, "rows": rows,
         "manual_test_reward": manual, "wall_seconds": round(watch.seconds, 1), "curve_y": "best-so-far training reward (per method's own unit of scoring)",
     })  # fmt: skip
+
+
+def _diff(split: dict) -> str:
+    d = split["diff_vs_manual"]
+    return f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
 
 
 if __name__ == "__main__":

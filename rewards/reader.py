@@ -41,8 +41,10 @@ READER_VERSION = 2
 READER_LAYER = 20
 PROBE_L2 = 0.03  # on standardised states; 0.03 / 0.1 / 0.3 gave 97.8 / 97.1 / 96.7 % in the same CV
 # One memo per file per process: every reward built in a run (a comparison builds eight) shares it,
-# and the file is read once, not once per build.
+# and the file is read once, not once per build. `_KEPT` names the keys that belong on disk (the
+# pairs'): a run's target replies share the memo in memory but are never written to the file.
 _MEMOS: dict[Path, dict[str, torch.Tensor]] = {}
+_KEPT: dict[Path, set[str]] = {}
 _HOOK_LOCK = threading.Lock()
 
 
@@ -67,11 +69,12 @@ class ReplyReader:
         digest = hashlib.sha256(f"{READER_VERSION}|{model}|{dtype}|{system_prompt}".encode())
         self.file = cache_root() / "reader" / f"{digest.hexdigest()[:24]}.pt"
         if self.file not in _MEMOS:
-            _MEMOS[self.file] = {}
+            _MEMOS[self.file], _KEPT[self.file] = {}, set()
             if self.file.is_file():
                 with contextlib.suppress(Exception):  # a torn or foreign file: recompute what is missing
                     _MEMOS[self.file].update(torch.load(self.file, weights_only=True))
-        self.memo = _MEMOS[self.file]
+                    _KEPT[self.file].update(_MEMOS[self.file])
+        self.memo, self.kept = _MEMOS[self.file], _KEPT[self.file]
 
     def _key(self, scenario: Scenario, reply: str) -> str:
         return hashlib.sha256(repr((scenario.history, scenario.customer, reply)).encode()).hexdigest()
@@ -81,8 +84,9 @@ class ReplyReader:
         missing = list({k: item for k, item in zip(keys, items) if k not in self.memo}.items())
         if missing:
             self._read(missing)
-            if persist:
-                self._save()
+        if persist and not self.kept.issuperset(keys):
+            self.kept.update(keys)
+            self._save()
         return torch.stack([self.memo[k] for k in keys]).float()
 
     def _read(self, missing: list[tuple[str, tuple[Scenario, str]]]) -> None:
@@ -114,7 +118,7 @@ class ReplyReader:
     def _save(self) -> None:
         self.file.parent.mkdir(parents=True, exist_ok=True)
         partial = self.file.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(self.memo, partial)
+        torch.save({k: self.memo[k] for k in self.kept}, partial)
         partial.replace(self.file)  # atomic: a concurrent reader sees the old file or the whole new one
 
 

@@ -326,6 +326,26 @@ def test_readers_in_one_process_share_one_memo_read_once_and_keyed_by_version_no
     assert ReplyReader(task.base_instruction).file != first.file
 
 
+def test_the_reader_file_keeps_the_pair_vectors_and_never_a_runs_target_replies(task, tmp_path, monkeypatch):
+    """A run reads its target's replies through the same in-memory memo as the pairs; when the pair
+    vectors are then written (persist=True), only they go to disk: the file once grew by every
+    reply a run had scored before the fit wrote it."""
+    import torch
+
+    from rlprompt.rewards import reader as reader_module
+    from rlprompt.rewards.reader import ReplyReader
+
+    monkeypatch.setenv("RLPROMPT_CACHE", str(tmp_path))
+    monkeypatch.setattr(reader_module, "_MEMOS", {})
+    pair = load_pairs(task, splits=("dev",))[0]
+    reader = ReplyReader(task.base_instruction)
+    reader([(pair.scenario, "A reply the target wrote during a run.")])  # scored, not persisted
+    assert not reader.file.exists()
+    reader([(pair.scenario, pair.chosen)], persist=True)
+    on_disk = torch.load(reader.file, weights_only=True)
+    assert list(on_disk) == [reader._key(pair.scenario, pair.chosen)] and len(reader.memo) == 2
+
+
 def test_one_bradley_terry_fit_serves_both_models_free_or_nonnegative():
     """The probe (free weights) and `preference` (weights >= 0) share one minimiser; on pairs where a
     feature is preferred backwards, only the free fit may give it a negative weight, and both order
