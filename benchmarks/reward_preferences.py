@@ -5,6 +5,8 @@
     python benchmarks/reward_preferences.py --panel --splits val   # the panel on val (for tuning)
     python benchmarks/reward_preferences.py --panel --splits train --limit 96 --rules benchmarks/rules.txt
                                                             # headroom of the learner's rule space
+    python benchmarks/reward_preferences.py --panel --splits train --limit 96 --whole --rules benchmarks/rules_whole.txt
+                                                            # ... of short whole system prompts
 
 1. Pairs (1,408 expert pairs in 8 categories: `preferences.jsonl` dev / heldout halves,
    `preferences_fresh.jsonl`, `preferences_audit.jsonl` … `preferences_audit7.jsonl`): pairwise
@@ -127,10 +129,13 @@ def _figures(table: AccuracyTable) -> dict:
     return {"n": table.n, "accuracy": table.accuracy, "ties": table.ties}
 
 
-def panel_report(task, splits: list[str], rules: list[str] = (), limit: int | None = None) -> dict:
-    """The panel (+ `rules`, each appended to the base instruction: the headroom of the learner's
-    rule space) played on `splits` (a seeded `limit` of their scenarios) and scored."""
-    panel = [*PANEL, *((f"rule: {rule}", "{base}\n" + rule) for rule in rules)]
+def panel_report(
+    task, splits: list[str], rules: list[str] = (), limit: int | None = None, whole: bool = False
+) -> dict:
+    """The panel (+ `rules`: the headroom of a learner's action space) played on `splits` (a seeded
+    `limit` of their scenarios) and scored. A rule that names `{base}` is played as written; any
+    other is appended to the base instruction, or with `whole` played as the whole system prompt."""
+    panel = [*PANEL, *((f"rule: {rule}", _as_template(rule, whole)) for rule in rules)]
     cfg = TargetConfig(dtype="bfloat16", batch_size=16, max_new_tokens=48)
     target = build_target(cfg, build_cache(CacheConfig()))
     params = generation_params(cfg, 0)
@@ -204,6 +209,12 @@ def panel_report(task, splits: list[str], rules: list[str] = (), limit: int | No
     return figures
 
 
+def _as_template(rule: str, whole: bool) -> str:
+    if "{base}" in rule or whole:
+        return rule
+    return "{base}\n" + rule
+
+
 def _ranks(values: np.ndarray) -> np.ndarray:
     """Average ranks (ties share their mean rank), for Spearman's rho."""
     order = values.argsort(kind="stable")
@@ -225,7 +236,13 @@ def main() -> None:
         help=f"pair splits to read; add '{TEST_SPLITS[0]}' for the final test (never while tuning)",
     )
     parser.add_argument(
-        "--rules", type=Path, default=None, help="a file of rules, one per line, each played as base + rule"
+        "--rules",
+        type=Path,
+        default=None,
+        help="a file of rules, one per line, each played as base + rule ('{base}' in a line places it)",
+    )
+    parser.add_argument(
+        "--whole", action="store_true", help="a rule without '{base}' is the whole system prompt"
     )
     parser.add_argument("--limit", type=int, default=None, help="play a seeded sample of this many scenarios")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -235,9 +252,9 @@ def main() -> None:
     figures = {"pairs": pairs_report(task, args.pair_splits)}
     if args.panel:
         rules = [x.strip() for x in args.rules.read_text().splitlines() if x.strip()] if args.rules else []
-        figures["panel"] = panel_report(task, args.splits, rules, args.limit)
+        figures["panel"] = panel_report(task, args.splits, rules, args.limit, args.whole)
     name = "reward_preferences" + ("_panel_" + "+".join(args.splits) if args.panel else "")
-    write_result(name + ("_rules" if args.rules else ""), figures)
+    write_result(name + ("_rules" if args.rules else "") + ("_whole" if args.whole else ""), figures)
 
 
 if __name__ == "__main__":

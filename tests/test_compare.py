@@ -247,12 +247,12 @@ def _terms_in_effect(opt) -> dict[str, bool]:
 def test_every_ablation_switches_off_exactly_one_term():
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         planned = plan_runs(composer, [], budget=40, seeds=[0], mode="ablation")
-    from rlprompt.experiments.comparison import policy_terms
+    from rlprompt.experiments.comparison import policy_terms, prompt_terms
 
     runs = {p.label: p.run for p in planned}
 
     def terms(run) -> dict[str, bool]:
-        return {**_terms_in_effect(run.optimizer), **policy_terms(run.policy)}
+        return {**_terms_in_effect(run.optimizer), **policy_terms(run.policy), **prompt_terms(run.prompt)}
 
     full = terms(runs["ppo"])
     assert full == {
@@ -264,8 +264,14 @@ def test_every_ablation_switches_off_exactly_one_term():
         "std_floor": True,
         "stratify": True,
         "period": True,
+        "first_person": True,
+        "whole_prompt": True,
     }
     assert runs["ppo-no-period"].policy.end_with_period is False
+    # the two pieces of stop 25, each back to the stop-24 default: the rule appended to the base
+    assert runs["ppo-no-whole-prompt"].prompt.template == "{base}\n{learned}"
+    assert runs["ppo-no-first-person"].policy.prompt_lead == "Always"
+    assert "{role}" in runs["ppo-no-first-person"].policy.prefix_template
     for label, run in runs.items():
         if label in ("manual", "ppo"):
             continue

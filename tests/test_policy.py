@@ -151,6 +151,27 @@ def test_a_rule_that_has_not_ended_by_the_last_token_ends_there(backbone, task):
     )
 
 
+def test_the_default_first_person_lead_joins_its_contraction(backbone, task):
+    """The default policy writes "I" + "'m happy to ...": the lead and a contraction ending are one
+    word ("I'm"), not "I 'm" (a target reads the latter as a typo, and prompt.txt ships it)."""
+    model, tokenizer = backbone
+    cfg = PolicyConfig(
+        conditioning="task_level", prompt_length=12, top_k=16, prompt_lead="I", answer_start="Sentence:",
+        end_with_period=True,
+        prefix_template="Write one sentence a {role} says to every customer about how they can help. {context}",
+    )  # fmt: skip
+    policy = PromptPolicy(cfg, task, model, tokenizer)
+    prompts = policy.sample([""] * 16, generator=torch.Generator().manual_seed(0)).prompts
+    contracted = [p for p in prompts if p.startswith("I'")]
+    assert contracted, prompts  # the prior writes "I'm ..." often
+    assert not any(p.startswith("I '") for p in prompts), prompts
+    assert all(p.startswith("I ") or p.startswith("I'") for p in prompts), prompts
+    m = tokenizer.convert_tokens_to_ids("'m")
+    word = tokenizer.encode(" happy", add_special_tokens=False)[0]
+    assert policy.decode(torch.tensor([m, word])) == "I'm happy"
+    assert policy.decode(torch.tensor([word])) == "I happy"
+
+
 def test_components_are_distinct_and_decode_to_phrases(backbone, task):
     model, tokenizer = backbone
     policy = PromptPolicy(PolicyConfig(action_space="components", prompt_length=4), task, model, tokenizer)

@@ -61,6 +61,7 @@ def test_train_script_writes_complete_run_folder(tmp_path):
             *TINY,
             "policy.conditioning=context_conditioned",
             "policy.prompt_length=5",
+            "prompt.template='{base}\n{learned}'",  # the appended assembly (the default is {learned})
             f"hydra.run.dir={run_dir}",
             f"cache.path={tmp_path / 'c.sqlite'}",
         ],
@@ -73,7 +74,7 @@ def test_train_script_writes_complete_run_folder(tmp_path):
     assert len(prompts["per_context"]) == 72  # every persona × stage × urgency
     for entry in prompts["per_context"].values():
         assert entry["text"].strip() and len(entry["action_ids"]) == 5
-        assert entry["system_prompt"].startswith(prompts["base_instruction"])
+        assert entry["system_prompt"] == f"{prompts['base_instruction']}\n{entry['text']}"
     assert (run_dir / "prompt.txt").read_text().strip() == prompts["task_level"]["system_prompt"]
 
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -127,7 +128,9 @@ def test_default_task_level_run_selects_on_val_and_reports_the_pooled_paired_tes
     assert selection["chosen"] == best["text"] == prompts["task_level"]["text"]
     assert {c["source"].split("@")[0] for c in selection["candidates"]} <= {"greedy", "sample"}
     assert (run_dir / "prompt.txt").read_text().strip() == prompts["task_level"]["system_prompt"]
-    assert prompts["task_level"]["text"].startswith("Always")  # the default prompt lead
+    assert prompts["task_level"]["text"].startswith("I")  # the default prompt lead
+    # the default ships the learned sentence as the whole system prompt (docs/LEARNING.md 4i)
+    assert prompts["task_level"]["system_prompt"] == prompts["task_level"]["text"]
     assert (run_dir / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert len(summary["training_reward"]["mean"]) == 4
     assert "on test+heldout_persona:" in result.stdout.splitlines()[-1]

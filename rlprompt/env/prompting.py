@@ -1,9 +1,10 @@
 """Prompt assembly: how a learned prompt joins the base instruction in the target's system message.
 
-`prompt.template` (default "{base}\\n{learned}") places the learned tokens after the task's
-hand-written base instruction, so the learned part steers a sensible default rather than
-replacing it; `prompt.use_base_instruction=false` makes the learned prompt the whole system
-message (RLPrompt's setting for classification).
+`prompt.template` (default "{learned}") makes the learned sentence the whole system message,
+as in RLPrompt's classification setting: after the task's hand-written base instruction a learned
+line barely changes what SmolLM2 writes (docs/LEARNING.md 4i). "{base}\\n{learned}" places it
+after the base instruction instead; `prompt.use_base_instruction=false` drops {base} from any
+template.
 """
 
 from __future__ import annotations

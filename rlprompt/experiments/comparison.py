@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from rlprompt.build import check_run, set_threads
-from rlprompt.config import PolicyConfig, RunConfig
+from rlprompt.config import PolicyConfig, PromptConfig, RunConfig
 from rlprompt.evaluation.evaluate import EvalResult, Interval, bootstrap_ci, build_evaluator
 from rlprompt.optimizers.base import OptimizerResult, run_optimizer
 from rlprompt.ppo.checkpoint import write_json
@@ -75,6 +75,14 @@ def method_overrides(optimizer: str, overrides: list[str]) -> list[str]:
 
 
 _PPO = ("optimizer=ppo", "policy=tokens")
+# The default before stop 25 (docs/LEARNING.md 4i): the policy writes an imperative rule
+# ("Always ..."), not a first-person sentence, and the rule is appended to the base instruction.
+_RULE_VOICE = (
+    "policy.prefix_template='Write one rule for what a {role} should do in every reply to a customer. {context}'",
+    "policy.answer_start=Rule:",
+    "policy.prompt_lead=Always",
+)
+_AFTER_BASE = ("prompt.template='{base}\n{learned}'",)
 MODES: dict[str, tuple[MethodSpec, ...]] = {
     "compare": (
         MethodSpec("manual", ("optimizer=manual",)),
@@ -109,6 +117,8 @@ MODES: dict[str, tuple[MethodSpec, ...]] = {
         MethodSpec("ppo-no-std-floor", (*_PPO, "optimizer.zscore_min_std=0")),
         MethodSpec("ppo-no-stratify", (*_PPO, "optimizer.stratify_stages=false")),
         MethodSpec("ppo-no-period", (*_PPO, "policy.end_with_period=false")),
+        MethodSpec("ppo-no-whole-prompt", (*_PPO, *_AFTER_BASE)),
+        MethodSpec("ppo-no-first-person", (*_PPO, *_RULE_VOICE)),
     ),
 }
 
@@ -191,13 +201,23 @@ NESTED_TERMS = {"std_floor": "zscore"}  # sub-term → the stage it belongs to
 
 
 def policy_terms(policy: PolicyConfig) -> dict[str, bool]:
-    """The policy's own switchable pieces that the ablation turns off (docs/LEARNING.md §4b)."""
-    return {"period": policy.action_space == "tokens" and policy.end_with_period}
+    """The policy's own switchable pieces that the ablation turns off (docs/LEARNING.md §4b, §4i)."""
+    tokens = policy.action_space == "tokens"
+    return {
+        "period": tokens and policy.end_with_period,
+        "first_person": tokens and policy.prompt_lead == "I",
+    }
+
+
+def prompt_terms(prompt: PromptConfig) -> dict[str, bool]:
+    """Whether the learned text is the whole system prompt, not an addition to the base (§4i)."""
+    return {"whole_prompt": "{base}" not in prompt.template or not prompt.use_base_instruction}
 
 
 def run_terms(run: RunConfig) -> dict[str, bool]:
-    """Every term an ablation variant may switch off: the stabilizer / loss terms and the policy's."""
-    return {**terms_in_effect(run.optimizer), **policy_terms(run.policy)}
+    """Every term an ablation variant may switch off: the stabilizer / loss terms, the policy's and
+    the prompt's."""
+    return {**terms_in_effect(run.optimizer), **policy_terms(run.policy), **prompt_terms(run.prompt)}
 
 
 def check_ablation(planned: list[PlannedRun]) -> None:

@@ -122,7 +122,10 @@ class PromptPolicy(nn.Module):
     def decode(self, actions: torch.Tensor) -> str:
         """The learned prompt as text: `prompt_lead` (if any) + the decoded actions."""
         text = self.actions.decode(actions)
-        return f"{self.cfg.prompt_lead} {text}".strip() if self.cfg.prompt_lead else text
+        if not self.cfg.prompt_lead:
+            return text
+        joint = "" if text.startswith("'") else " "  # "I" + "'m happy ..." -> "I'm happy ..."
+        return f"{self.cfg.prompt_lead}{joint}{text}".strip()
 
     # ------------------------------------------------------------------ scoring for PPO
 
