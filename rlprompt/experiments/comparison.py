@@ -75,8 +75,9 @@ def method_overrides(optimizer: str, overrides: list[str]) -> list[str]:
 
 
 _PPO = ("optimizer=ppo", "policy=tokens")
-# The default before stop 25 (docs/LEARNING.md 4i): the policy writes an imperative rule
-# ("Always ..."), not a first-person sentence, and the rule is appended to the base instruction.
+# The two halves of the stop-24 default, one per ablation variant (docs/LEARNING.md 4i): the
+# policy's voice (an imperative rule, "Always ...", not a first-person sentence) and the placement
+# (the learned text appended to the base instruction, not the whole system prompt).
 _RULE_VOICE = (
     "policy.prefix_template='Write one rule for what a {role} should do in every reply to a customer. {context}'",
     "policy.answer_start=Rule:",
