@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from rlprompt.config import PolicyConfig
 from rlprompt.models import load_model
 from rlprompt.policy.action_spaces import CONTRACTIONS, allowed_token_mask, encode_prefixes, position_ids
 from rlprompt.policy.policy import PromptPolicy
 from rlprompt.task import load_task
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
@@ -155,11 +159,8 @@ def test_the_default_first_person_lead_joins_its_contraction(backbone, task):
     """The default policy writes "I" + "'m happy to ...": the lead and a contraction ending are one
     word ("I'm"), not "I 'm" (a target reads the latter as a typo, and prompt.txt ships it)."""
     model, tokenizer = backbone
-    cfg = PolicyConfig(
-        conditioning="task_level", prompt_length=12, top_k=16, prompt_lead="I", answer_start="Sentence:",
-        end_with_period=True,
-        prefix_template="Write one sentence a {role} says to every customer about how they can help. {context}",
-    )  # fmt: skip
+    cfg = PolicyConfig(**OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "policy" / "tokens.yaml")))
+    assert cfg.prompt_lead == "I"  # the shipped default, read from its yaml
     policy = PromptPolicy(cfg, task, model, tokenizer)
     prompts = policy.sample([""] * 16, generator=torch.Generator().manual_seed(0)).prompts
     contracted = [p for p in prompts if p.startswith("I'")]
