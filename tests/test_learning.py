@@ -70,3 +70,20 @@ def test_step_diagnostics_count_distinct_prompts_and_near_ties():
     assert d["distinct_prompts"] == 2.0 and d["prompts"] == 3.0
     assert d["group_reward_std"] == pytest.approx((0.005 + 0.5) / 2)
     assert d["near_tie_groups"] == 0.5  # group 0 (std 0.005) is a near-tie, group 1 is not
+
+
+def test_reward_rise_is_paired_when_the_second_half_replays_the_first():
+    """A small real rise under a large scenario effect: the paired CI (step t + h replays step t's
+    scenarios) clears 0 where the unpaired one cannot; unmatched scenario ids fall back to unpaired."""
+    rng = np.random.default_rng(3)
+    scenario_effect = rng.normal(0, 0.15, 18)  # the luck of each step's draw, replayed in the 2nd half
+    first = 0.40 + scenario_effect + rng.normal(0, 0.01, 18)
+    last = 0.43 + scenario_effect + rng.normal(0, 0.01, 18)
+    ids = [[f"s{t}-{c}" for c in range(6)] for t in range(18)]
+    rise = reward_rise([*first, *last], scenarios=[*ids, *ids])
+    assert rise["paired"] and rise["window"] == 18 and rise["mean"] == pytest.approx(0.03, abs=0.01)
+    assert 0 < rise["ci_low"] < rise["mean"] < rise["ci_high"]
+    assert rise["unpaired_ci_low"] < 0 < rise["unpaired_ci_high"]
+    other = [[f"t{t}-{c}" for c in range(6)] for t in range(18)]
+    unpaired = reward_rise([*first, *last], scenarios=[*ids, *other])
+    assert not unpaired["paired"] and unpaired["ci_low"] == rise["unpaired_ci_low"]

@@ -217,3 +217,64 @@ def test_checkpoint_holds_only_what_resume_reads(tmp_path):
     assert not hasattr(trainer, "history")
     rank = torch.load(step_dir / "rng_rank0.pt", weights_only=False)
     assert rank["counters"]["target"] == trainer.target.counter.state_dict()
+
+
+def test_paired_halves_replay_the_first_half_scenarios_step_for_step(tmp_path):
+    """Step t + steps/2 answers exactly the scenarios of step t, and a step's draw depends on its
+    index alone (a resumed run draws what the uninterrupted one did); off, the halves differ."""
+    settings = dict(steps=6, contexts_per_step=4, prompts_per_context=2, stratify_stages=True)
+
+    def draws(paired: bool, order: list[int]) -> dict[int, list[str]]:
+        trainer = build_trainer(
+            validate(make_run(tmp_path, "x", paired_halves=paired, **settings)), tmp_path / f"r{paired}"
+        )
+        out = {}
+        for step in order:
+            trainer.step_index = step
+            out[step] = [s.id for s in trainer.draw_contexts()]
+        return out
+
+    paired = draws(True, list(range(6)))
+    assert [paired[t] for t in range(3)] == [paired[t + 3] for t in range(3)]
+    assert len({tuple(ids) for ids in paired.values()}) == 3  # three distinct draws, each played twice
+    assert draws(True, [4, 1]) == {4: paired[4], 1: paired[1]}  # no hidden state between steps
+    unpaired = draws(False, list(range(6)))
+    assert [unpaired[t] for t in range(3)] != [unpaired[t + 3] for t in range(3)]
+
+
+def test_selection_passes_over_a_sentence_cut_at_the_forced_period(tmp_path):
+    """Seed 1 of stop 25 shipped "... at all of the.": the period forced at the last position.
+    Here the cut candidate is the val-best (the reward pays for its word), yet the finished one ships."""
+    from rlprompt.ppo.learning import Candidate
+    from rlprompt.ppo.run import learned_prompts, select_task_prompt
+
+    run = validate(
+        {
+            **make_run(
+                tmp_path,
+                "cut",
+                steps=1,
+                policy={"conditioning": "task_level", "prompt_length": 4, "end_with_period": True},
+            ),
+            "eval": {"max_scenarios": 2, "select_checkpoints": 1, "select_samples": 2},
+        }
+    )
+    trainer = build_trainer(run, tmp_path / "run")
+    tok, actions = trainer.policy.tokenizer, trainer.policy.actions
+    period = actions.stop_id
+
+    def ids(text: str) -> list[int]:
+        words = tok(text, add_special_tokens=False)["input_ids"]
+        return (words + [period] * 4)[:4]
+
+    finished, cut = ids(" can help."), ids(" help the cut")
+    cut[-1] = period  # the period came only where it is forced
+    assert not actions.cut_short(finished) and actions.cut_short(cut)
+    trainer.learning.greedy = [Candidate("I can help.", finished, "greedy@1")]
+    trainer.learning.keep_samples = 2
+    trainer.learning.samples = {"I help the cut.": Candidate("I help the cut.", cut, "sample@1", 1.0, 4)}
+    prompts = learned_prompts(trainer, run)
+    selection = select_task_prompt(trainer, run, prompts, trainer.target)
+    assert selection["chosen"] == "I can help." == prompts.task_level.text
+    assert "I help the cut." in selection["passed_over_cut_short"]  # (with any cut greedy@1 prompt)
+    assert "I can help." not in selection["passed_over_cut_short"]

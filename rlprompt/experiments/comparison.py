@@ -117,6 +117,7 @@ MODES: dict[str, tuple[MethodSpec, ...]] = {
         MethodSpec("ppo-no-entropy", (*_PPO, "optimizer.entropy_coef=0")),
         MethodSpec("ppo-no-std-floor", (*_PPO, "optimizer.zscore_min_std=0")),
         MethodSpec("ppo-no-stratify", (*_PPO, "optimizer.stratify_stages=false")),
+        MethodSpec("ppo-no-paired-halves", (*_PPO, "optimizer.paired_halves=false")),
         MethodSpec("ppo-no-period", (*_PPO, "policy.end_with_period=false")),
         MethodSpec("ppo-no-whole-prompt", (*_PPO, *_AFTER_BASE)),
         MethodSpec("ppo-no-first-person", (*_PPO, *_RULE_VOICE)),
@@ -195,6 +196,7 @@ def terms_in_effect(opt: PPOConfig) -> dict[str, bool]:
         "entropy": opt.entropy_coef > 0,
         "std_floor": opt.zscore and opt.zscore_min_std > 0,
         "stratify": opt.stratify_stages,
+        "paired_halves": opt.paired_halves,
     }
 
 

@@ -202,6 +202,14 @@ class TokenActions:
         forced[self.stop_id] = 0.0
         return torch.where((ended.to(device) | last)[..., None], forced, logits)
 
+    def cut_short(self, action_ids: list[int]) -> bool:
+        """True when the sentence had not ended by the last position, where its period is forced
+        ("I have the ability to assist in assisting at all of the.", seed 1 of stop 25). A sentence
+        that would have ended there anyway looks the same: selection passes over both."""
+        if self.stop_id is None or len(action_ids) < self.prompt_length:
+            return False
+        return self.stop_id not in action_ids[: self.prompt_length - 1]
+
     def decode(self, actions: torch.Tensor) -> str:
         ids = actions.tolist()
         if self.stop_id is not None and self.stop_id in ids:

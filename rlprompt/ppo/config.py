@@ -34,3 +34,6 @@ class PPOConfig(OptimizerConfig):
     # score almost alike gets a small advantage instead of noise blown up to +-1. 0 = RLPrompt's 1e-4.
     zscore_min_std: float = 0.0
     stratify_stages: bool = False  # each step's C contexts cycle through the task's stages
+    # The second half of the run replays the first half's scenarios step for step (step t + steps/2
+    # answers step t's), so the training reward's rise is a paired difference (docs/LEARNING.md 4j).
+    paired_halves: bool = False

@@ -35,13 +35,21 @@ class LearningLog:
     steps: list[int] = field(default_factory=list)
     reward: list[float] = field(default_factory=list)  # mean raw reward of each step's conversations
     diagnostics: list[dict[str, float]] = field(default_factory=list)  # per step (trainer.step_diagnostics)
+    scenarios: list[list[str]] = field(default_factory=list)  # ids of each step's scenarios (all ranks)
     greedy: list[Candidate] = field(default_factory=list)
     samples: dict[str, Candidate] = field(default_factory=dict)  # text → best-known sample
 
-    def record_step(self, step: int, mean_reward: float, diagnostics: dict[str, float] | None = None) -> None:
+    def record_step(
+        self,
+        step: int,
+        mean_reward: float,
+        diagnostics: dict[str, float] | None = None,
+        scenario_ids: list[str] | None = None,
+    ) -> None:
         self.steps.append(step)
         self.reward.append(mean_reward)
         self.diagnostics.append(diagnostics or {})
+        self.scenarios.append(list(scenario_ids or []))
 
     def record_samples(
         self, step: int, prompts: list[str], ids: list[list[int]], rewards: list[float], n: list[int]
@@ -78,6 +86,7 @@ class LearningLog:
     @classmethod
     def from_state(cls, state: dict) -> LearningLog:
         log = cls(state["keep_samples"], state["steps"], state["reward"], state["diagnostics"])
+        log.scenarios = state.get("scenarios") or [[] for _ in log.steps]  # older checkpoints: none
         log.greedy = [Candidate(**c) for c in state["greedy"]]
         log.samples = {k: Candidate(**c) for k, c in state["samples"].items()}
         return log
@@ -102,10 +111,20 @@ def step_diagnostics(prompts: list[str], group: torch.Tensor, raw_reward: torch.
     }
 
 
-def reward_rise(reward: list[float], window: int = 20, n_boot: int = 2000, confidence: float = 0.95) -> dict:
-    """Mean of the last `window` steps minus the first `window`, with a bootstrap CI over steps.
+def reward_rise(
+    reward: list[float],
+    window: int = 20,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    scenarios: list[list[str]] | None = None,
+) -> dict:
+    """Mean of the last `window` steps minus the first `window`, with a bootstrap CI.
 
-    Steps are resampled within each window (each step is one batch of fresh conversations).
+    Unpaired (steps resampled within each window) unless the run replayed its scenarios: when the
+    two windows are the run's two halves and step t + window answered exactly the scenarios of step
+    t (`optimizer.paired_halves`), the CI resamples the `window` paired differences instead, so the
+    luck of a step's scenario draw cancels (common random numbers; the same paired design as the
+    held-out test). The unpaired CI is reported alongside either way.
     """
     values = np.asarray(reward, dtype=float)
     window = min(window, len(values) // 2)
@@ -113,8 +132,14 @@ def reward_rise(reward: list[float], window: int = 20, n_boot: int = 2000, confi
         return {"window": window, "first": None, "last": None, "mean": None, "ci_low": None, "ci_high": None}
     first, last = values[:window], values[-window:]
     rng = np.random.default_rng(0)
-    draws = rng.choice(last, (n_boot, window)).mean(1) - rng.choice(first, (n_boot, window)).mean(1)
     alpha = (1 - confidence) / 2
+    unpaired = rng.choice(last, (n_boot, window)).mean(1) - rng.choice(first, (n_boot, window)).mean(1)
+    paired = replays_first_half(scenarios, window, len(values))
+    if paired:
+        differences = last - first  # step window + t replayed step t's scenarios
+        draws = differences[rng.integers(0, window, (n_boot, window))].mean(1)
+    else:
+        draws = unpaired
     return {
         "window": window,
         "first": float(first.mean()),
@@ -122,7 +147,18 @@ def reward_rise(reward: list[float], window: int = 20, n_boot: int = 2000, confi
         "mean": float(last.mean() - first.mean()),
         "ci_low": float(np.quantile(draws, alpha)),
         "ci_high": float(np.quantile(draws, 1 - alpha)),
+        "paired": paired,
+        "unpaired_ci_low": float(np.quantile(unpaired, alpha)),
+        "unpaired_ci_high": float(np.quantile(unpaired, 1 - alpha)),
     }
+
+
+def replays_first_half(scenarios: list[list[str]] | None, window: int, n_steps: int) -> bool:
+    """True when the windows are the two halves and every step of the second half answered exactly
+    the scenarios of its partner in the first (checked on the recorded ids, not assumed)."""
+    if not scenarios or len(scenarios) != n_steps or 2 * window != n_steps:
+        return False
+    return all(scenarios[t] and scenarios[t] == scenarios[t + window] for t in range(window))
 
 
 def plot_learning_curve(

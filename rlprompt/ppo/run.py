@@ -209,7 +209,8 @@ def select_task_prompt(
 
     Candidates: the policy's greedy prompt at `eval.select_checkpoints` checkpoints (early stopping)
     and its `eval.select_samples` best-rewarded sampled prompts. Val is then spent on selection, so
-    the claim rests on test + heldout_persona. Returns the selection table, or None when off.
+    the claim rests on test + heldout_persona. Candidates cut off at the forced final period are
+    passed over unless all are. Returns the selection table, or None when off.
     """
     task = trainer.task
     candidates = trainer.learning.candidates()
@@ -218,6 +219,11 @@ def select_task_prompt(
         candidates.append(Candidate(final.text, final.action_ids, f"greedy@{trainer.step_index}"))
     if len(candidates) < 2:
         return None
+    # A sentence cut off at the forced final period is not shipped while a finished one competes.
+    cut_short = getattr(trainer.policy.actions, "cut_short", lambda ids: False)
+    finished = [c for c in candidates if not cut_short(c.action_ids)]
+    passed_over = [c.text for c in candidates if finished and c not in finished]
+    candidates = finished or candidates
 
     evaluator = run_evaluator(trainer, run, target)
 
@@ -234,6 +240,7 @@ def select_task_prompt(
         "chosen": best.text,
         "chosen_source": best.source,
         "base_val": float(base.rewards.mean()),
+        "passed_over_cut_short": passed_over,
         "candidates": [
             {
                 **asdict(c),
@@ -283,7 +290,9 @@ def run_training(run: RunConfig, run_dir: Path, accelerator=None) -> dict | None
             "task_level_prompt": prompts.task_level.text,
             "selection": selection,
             "training_reward": {"steps": trainer.learning.steps, "mean": trainer.learning.reward},
-            "training_reward_rise": reward_rise(trainer.learning.reward),
+            "training_reward_rise": reward_rise(
+                trainer.learning.reward, scenarios=trainer.learning.scenarios
+            ),
             "config": asdict(run),
         }
     )

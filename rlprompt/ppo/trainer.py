@@ -106,6 +106,7 @@ class PPOTrainer:
         self.context_rng = random.Random(config.seed)
         self.sample_gen = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
         self.step_index = 0
+        self.step_scenario_ids: list[str] = []
         self.train_seconds = 0.0
         self.phases = PhaseTimer()  # seconds per phase of a step (benchmarks/trainer_overhead.py)
         self.reward_stats = RunningStats()
@@ -123,21 +124,27 @@ class PPOTrainer:
 
         With `optimizer.stratify_stages`, the C contexts cycle through the task's stages (a
         Closure turn scores very differently from an Introduction one), so a step's mean reward
-        reflects the prompts more than the luck of the draw: stratified sampling.
+        reflects the prompts more than the luck of the draw: stratified sampling. With
+        `optimizer.paired_halves`, step t + ceil(steps / 2) draws exactly what step t drew (the
+        draw is a function of the seed and t mod ceil(steps / 2)), so the first and second halves
+        of the run answer the same scenarios and their difference is paired.
         """
+        rng = self.context_rng
+        if self.cfg.paired_halves:
+            slot = self.step_index % max(1, math.ceil(self.cfg.steps / 2))
+            rng = random.Random(self.config.seed * 1_000_003 + slot)
         if self.cfg.stratify_stages:
             stages = [st.name for st in self.task.stages]
-            start = self.context_rng.randrange(len(stages))
+            start = rng.randrange(len(stages))
             order = [stages[(start + i) % len(stages)] for i in range(self.cfg.contexts_per_step)]
             chosen: list = []
             for stage in order:
                 pool = [c for c in self.contexts if c[1] == stage and c not in chosen]
-                chosen.append(self.context_rng.choice(pool))
+                chosen.append(rng.choice(pool))
         else:
-            chosen = self.context_rng.sample(self.contexts, self.cfg.contexts_per_step)
-        scenarios = [
-            self.context_rng.choice([s for s in self.train_scenarios if s.context == c]) for c in chosen
-        ]
+            chosen = rng.sample(self.contexts, self.cfg.contexts_per_step)
+        scenarios = [rng.choice([s for s in self.train_scenarios if s.context == c]) for c in chosen]
+        self.step_scenario_ids = [s.id for s in scenarios]  # all ranks' (for the paired rise)
         per_rank = len(scenarios) // self.world
         return scenarios[self.rank * per_rank : (self.rank + 1) * per_rank]
 
@@ -248,7 +255,7 @@ class PPOTrainer:
         """Feed the LearningLog: step reward, sampled task-level prompts, greedy prompt at checkpoints."""
         diagnostics = step_diagnostics(batch.rollout.prompts, batch.group, batch.raw_reward)
         diagnostics.update(entropy=stats.entropy, kl=stats.kl)
-        self.learning.record_step(self.step_index, mean_reward, diagnostics)
+        self.learning.record_step(self.step_index, mean_reward, diagnostics, self.step_scenario_ids)
         if self.config.conditioning != "task_level":
             return
         means, counts = per_prompt_mean(batch.raw_reward, batch.prompt_index, len(batch.rollout))
