@@ -125,13 +125,13 @@ class PPOTrainer:
         With `optimizer.stratify_stages`, the C contexts cycle through the task's stages (a
         Closure turn scores very differently from an Introduction one), so a step's mean reward
         reflects the prompts more than the luck of the draw: stratified sampling. With
-        `optimizer.paired_halves`, step t + ceil(steps / 2) draws exactly what step t drew (the
-        draw is a function of the seed and t mod ceil(steps / 2)), so the first and second halves
-        of the run answer the same scenarios and their difference is paired.
+        `optimizer.paired_halves`, step t + `replay_period()` draws exactly what step t drew (the
+        draw is a function of the seed and t mod the period), so the first and second halves of
+        the run answer the same scenarios and their difference is paired.
         """
         rng = self.context_rng
         if self.cfg.paired_halves:
-            slot = self.step_index % max(1, math.ceil(self.cfg.steps / 2))
+            slot = self.step_index % self.replay_period()
             rng = random.Random(self.config.seed * 1_000_003 + slot)
         if self.cfg.stratify_stages:
             stages = [st.name for st in self.task.stages]
@@ -147,6 +147,15 @@ class PPOTrainer:
         self.step_scenario_ids = [s.id for s in scenarios]  # all ranks' (for the paired rise)
         per_rank = len(scenarios) // self.world
         return scenarios[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+    def replay_period(self) -> int:
+        """Half the steps the run will take: `steps`, or under `optimizer.budget` (where `steps` is
+        only an upper bound) the steps the budget buys at C × G calls each."""
+        steps = self.cfg.steps
+        if self.cfg.budget is not None:
+            per_step = self.cfg.contexts_per_step * self.cfg.prompts_per_context
+            steps = min(steps, max(1, self.cfg.budget // per_step))
+        return max(1, math.ceil(steps / 2))
 
     def collect(self) -> StepBatch:
         scenarios = self.draw_contexts()
