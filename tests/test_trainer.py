@@ -242,8 +242,9 @@ def test_paired_halves_replay_the_first_half_scenarios_step_for_step(tmp_path):
     assert [unpaired[t] for t in range(3)] != [unpaired[t + 3] for t in range(3)]
     # under a budget `steps` is only an upper bound: the halves are of the steps the budget buys
     settings.update(steps=1000, budget=32)  # 4 steps of C x G = 8 calls
-    budgeted = draws(True, list(range(4)))
+    budgeted = draws(True, list(range(6)))
     assert budgeted[0] == budgeted[2] and budgeted[1] == budgeted[3] and budgeted[0] != budgeted[1]
+    assert budgeted[4] not in (budgeted[0], budgeted[1])  # past both halves: no third pass
 
 
 def test_selection_passes_over_a_sentence_cut_at_the_forced_period(tmp_path):

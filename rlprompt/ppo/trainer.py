@@ -127,11 +127,13 @@ class PPOTrainer:
         reflects the prompts more than the luck of the draw: stratified sampling. With
         `optimizer.paired_halves`, step t + `replay_period()` draws exactly what step t drew (the
         draw is a function of the seed and t mod the period), so the first and second halves of
-        the run answer the same scenarios and their difference is paired.
+        the run answer the same scenarios and their difference is paired. A budgeted run that
+        goes on past both halves (cache hits are free) draws fresh scenarios from there.
         """
         rng = self.context_rng
         if self.cfg.paired_halves:
-            slot = self.step_index % self.replay_period()
+            period, t = self.replay_period(), self.step_index
+            slot = t % period if t < 2 * period else t  # past both halves: a fresh draw per step
             rng = random.Random(self.config.seed * 1_000_003 + slot)
         if self.cfg.stratify_stages:
             stages = [st.name for st in self.task.stages]
