@@ -47,6 +47,7 @@ class ActionSpace(Protocol):
     def mask_logits(self, logits: torch.Tensor, state: BackboneState) -> torch.Tensor: ...
     def mask_sequence(self, logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor: ...
     def decode(self, actions: torch.Tensor) -> str: ...
+    def cut_short(self, action_ids: list[int]) -> bool: ...  # selection passes over a cut prompt
 
 
 def check_policy(cfg: PolicyConfig) -> None:
@@ -284,6 +285,10 @@ class ComponentActions:
         taken = torch.nn.functional.one_hot(actions, n).to(logits.dtype)  # (B, K, N)
         before = torch.cumsum(taken, dim=1) - taken  # components chosen before step t
         return logits + before.clamp(max=1) * MASKED
+
+    def cut_short(self, action_ids: list[int]) -> bool:
+        """A set of whole components is never cut off."""
+        return False
 
     def decode(self, actions: torch.Tensor) -> str:
         chosen = sorted(set(actions.tolist()))

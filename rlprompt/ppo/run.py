@@ -220,8 +220,7 @@ def select_task_prompt(
     if len(candidates) < 2:
         return None
     # A sentence cut off at the forced final period is not shipped while a finished one competes.
-    cut_short = getattr(trainer.policy.actions, "cut_short", lambda ids: False)
-    finished = [c for c in candidates if not cut_short(c.action_ids)]
+    finished = [c for c in candidates if not trainer.policy.actions.cut_short(c.action_ids)]
     passed_over = [c.text for c in candidates if finished and c not in finished]
     candidates = finished or candidates
 
