@@ -111,6 +111,12 @@ class EvalConfig:
     # 0 = ship the final greedy prompt as it is.
     select_checkpoints: int = 0
     select_samples: int = 0
+    # Selection passes over a candidate whose sentence the frozen LM would not have ended where it
+    # ends (its period forced at the last position, or closing a phrase mid-way), unless all are.
+    min_end_probability: float = 0.0
+    # Ship the most fluent candidate (under the frozen LM) among those within this many standard
+    # errors of the val-best (the one-SE rule); 0 = the val-best.
+    fluent_within_se: float = 0.0
 
 
 @dataclass

@@ -242,6 +242,7 @@ def _terms_in_effect(opt) -> dict[str, bool]:
         "std_floor": not torch.equal(stabilized, unfloored),
         "stratify": opt.stratify_stages,
         "paired_halves": opt.paired_halves,
+        "warmup": opt.lr_warmup_fraction > 0,
     }
 
 
@@ -265,6 +266,7 @@ def test_every_ablation_switches_off_exactly_one_term():
         "std_floor": True,
         "stratify": True,
         "paired_halves": True,
+        "warmup": True,
         "period": True,
         "first_person": True,
         "whole_prompt": True,

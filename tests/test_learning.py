@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rlprompt.ppo.learning import LearningLog, plot_learning_curve, reward_rise
+from rlprompt.ppo.learning import (
+    LearningLog,
+    choose_within_se,
+    plot_learning_curve,
+    reward_rise,
+    variance_components,
+)
 from rlprompt.ppo.run import verdict_line
 
 
@@ -87,3 +93,32 @@ def test_reward_rise_is_paired_when_the_second_half_replays_the_first():
     other = [[f"t{t}-{c}" for c in range(6)] for t in range(18)]
     unpaired = reward_rise([*first, *last], scenarios=[*ids, *other])
     assert not unpaired["paired"] and unpaired["ci_low"] == rise["unpaired_ci_low"]
+
+
+def test_variance_components_recover_the_prompt_spread_under_reply_noise():
+    """A table built from known parts: prompt effects of SD 0.05, scenario effects of SD 0.2 (which
+    must not leak into either figure) and reply noise of SD 0.1."""
+    rng = np.random.default_rng(0)
+    table = rng.normal(0, 0.05, (200, 1)) + rng.normal(0.4, 0.2, (1, 400)) + rng.normal(0, 0.1, (200, 400))
+    prompt_sd, residual_sd = variance_components(table)
+    assert prompt_sd == pytest.approx(0.05, rel=0.1)
+    assert residual_sd == pytest.approx(0.1, rel=0.02)
+    # prompts that differ by nothing but noise: the spread estimate is ~0, not the noise's SD/sqrt(S)
+    noise_only = rng.normal(0.4, 0.2, (1, 48)) + rng.normal(0, 0.16, (12, 48))
+    assert variance_components(noise_only)[0] < 0.02
+    with pytest.raises(ValueError, match="2 prompts"):
+        variance_components(table[:1])
+
+
+def test_choose_within_se_ships_the_most_fluent_near_tie_not_a_clearly_worse_one():
+    rng = np.random.default_rng(0)
+    val_best = 0.45 + rng.normal(0, 0.15, 48)
+
+    def behind(gap: float) -> np.ndarray:  # per-scenario differences of SD 0.1 around `gap`
+        jitter = rng.normal(0, 0.1, 48)
+        return val_best - gap - (jitter - jitter.mean())
+
+    rewards = [val_best, behind(0.01), behind(0.15)]  # SE of either gap: ~0.014
+    assert choose_within_se(rewards, [-3.0, -2.0, -1.0], 1.0) == (1, 0)  # the fluent near-tie
+    assert choose_within_se(rewards, [-3.0, -2.0, -1.0], 0.0) == (0, 0)  # 0 SE: the val-best
+    assert choose_within_se(rewards, [-1.0, -2.0, -1.0], 1.0) == (0, 0)  # the val-best is the most fluent

@@ -102,3 +102,10 @@ def test_masked_mean_ignores_masked_positions():
     x = torch.tensor([[1.0, 100.0], [3.0, 5.0]])
     mask = torch.tensor([[1, 0], [1, 1]])
     assert ppo.masked_mean(x, mask).item() == pytest.approx(3.0)
+
+
+def test_warmup_lr_ramps_linearly_then_holds():
+    assert [ppo.warmup_lr(1e-4, step, 4) for step in range(6)] == pytest.approx(
+        [2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4, 1e-4]
+    )
+    assert ppo.warmup_lr(1e-4, 0, 0) == 1e-4  # 0 switches the ramp off

@@ -122,11 +122,16 @@ def test_default_task_level_run_selects_on_val_and_reports_the_pooled_paired_tes
     assert diff["ci_low"] <= diff["mean"] <= diff["ci_high"]
     expected = pooled["learned"]["reward"]["mean"] - pooled["base_instruction"]["reward"]["mean"]
     assert diff["mean"] == pytest.approx(expected)
-    # the shipped prompt is the val-best candidate, and prompt.txt holds it
+    # the shipped prompt is the val-best candidate or a more fluent one within 1 SE of it (the
+    # default eval.fluent_within_se), and prompt.txt holds it
     selection = summary["selection"]
     best = max(selection["candidates"], key=lambda c: c["val_reward"])
-    assert selection["chosen"] == best["text"] == prompts["task_level"]["text"]
-    assert {c["source"].split("@")[0] for c in selection["candidates"]} <= {"greedy", "sample"}
+    chosen = next(c for c in selection["candidates"] if c["text"] == selection["chosen"])
+    assert selection["val_best"] == best["text"] and selection["fluent_within_se"] == 1.0
+    assert chosen is best or chosen["fluency"] > best["fluency"]
+    assert selection["chosen"] == prompts["task_level"]["text"]
+    sources = {c["source"].removeprefix("trimmed ").split("@")[0] for c in selection["candidates"]}
+    assert sources <= {"greedy", "sample"}
     assert (run_dir / "prompt.txt").read_text().strip() == prompts["task_level"]["system_prompt"]
     assert prompts["task_level"]["text"].startswith("I")  # the default prompt lead
     # the default ships the learned sentence as the whole system prompt (docs/LEARNING.md 4i)

@@ -53,6 +53,22 @@ if "pays_for_phrase" not in REWARDS:
             return [RewardResult(float(self.phrase in s.first_reply)) for s in samples]
 
 
+if "pays_for_length" not in REWARDS:
+
+    @register_reward("pays_for_length")
+    class PaysForLength:
+        """The seller's reply's length in characters / 100, capped at 1: prompts of different
+        lengths always differ in reward, so a step's advantages are never all zero."""
+
+        low, high = 0.0, 1.0
+
+        def __init__(self, task) -> None:
+            pass
+
+        def score(self, samples):
+            return [RewardResult(min(1.0, len(s.first_reply) / 100)) for s in samples]
+
+
 def make_run(tmp_path: Path, phrase: str, **optimizer) -> dict:
     return {
         "target": {"name": "echo"},
@@ -247,39 +263,127 @@ def test_paired_halves_replay_the_first_half_scenarios_step_for_step(tmp_path):
     assert budgeted[4] not in (budgeted[0], budgeted[1])  # past both halves: no third pass
 
 
-def test_selection_passes_over_a_sentence_cut_at_the_forced_period(tmp_path):
-    """Seed 1 of stop 25 shipped "... at all of the.": the period forced at the last position.
-    Here the cut candidate is the val-best (the reward pays for its word), yet the finished one ships."""
+def test_lr_warmup_shrinks_the_first_steps_move_of_the_head(tmp_path):
+    """With `lr_warmup_fraction=0.5` of 8 steps, the first PPO step moves the head's weights a
+    quarter as far as without (Adam's step is ~lr per weight, whatever the gradient's size) and
+    the rate reaches `lr` at step 4; a step's rate depends on its index alone (resume needs no
+    scheduler state). Under a budget the ramp is of the steps the budget buys."""
+    from rlprompt.ppo.callbacks import Callback
+
+    class Record(Callback):
+        def __init__(self) -> None:
+            self.rates: list[float] = []
+            self.first_move: float | None = None
+
+        def on_train_begin(self, trainer) -> None:
+            self.before = [p.detach().clone() for p in trainer.params_trainable]
+
+        def on_step_end(self, trainer, step) -> None:
+            self.rates.append(trainer.optimizer.param_groups[0]["lr"])
+            if self.first_move is None:
+                moves = [(p.detach() - b).abs().max() for p, b in zip(trainer.params_trainable, self.before)]
+                self.first_move = float(max(moves))
+
+    def settings(fraction: float, **extra) -> dict:
+        run = make_run(
+            tmp_path,
+            "",
+            lr_warmup_fraction=fraction,
+            contexts_per_step=2,
+            prompts_per_context=4,
+            policy={"conditioning": "task_level"},
+            **{"steps": 8, **extra},
+        )
+        run["reward"].update(modules={"pays_for_length": 1.0}, options={})
+        return run
+
+    def train(fraction: float) -> Record:
+        record = Record()
+        trainer = build_trainer(validate(settings(fraction)), tmp_path / f"w{fraction}", callbacks=[record])
+        torch.manual_seed(0)
+        for p in trainer.params_trainable:  # a head away from zero, so every weight gets a gradient
+            p.data.normal_(0, 0.02)
+        trainer.train()
+        return record
+
+    full, warmed = train(0.0), train(0.5)
+    assert full.rates == pytest.approx([1e-4] * 8)
+    assert warmed.rates == pytest.approx([2.5e-5, 5e-5, 7.5e-5] + [1e-4] * 5)
+    assert warmed.first_move == pytest.approx(full.first_move / 4, rel=0.05), (
+        warmed.first_move,
+        full.first_move,
+    )
+    budgeted = build_trainer(validate(settings(0.5, steps=1000, budget=32)), tmp_path / "budgeted")
+    assert budgeted.warmup_steps() == 2  # 32 calls buy 4 steps of C x G = 8
+
+
+def test_selection_passes_over_an_unfinished_sentence_not_one_that_ends_at_the_last_position(tmp_path):
+    """Seed 1 of stop 25 shipped "... at all of the." (the period forced at the last position);
+    stop 27's seed 1 passed over "I'm happy to help you find the right car for you." (a sentence
+    that ends at the last position by itself) because the ids alone looked cut. The frozen LM's
+    probability of the period tells them apart. Here the cut candidate is the val-best (the reward
+    pays for its words), yet the finished one ships."""
     from rlprompt.ppo.learning import Candidate
     from rlprompt.ppo.run import learned_prompts, select_task_prompt
 
+    policy = {
+        "conditioning": "task_level",
+        "prompt_length": 8,
+        "allowed_tokens": "words",
+        "end_with_period": True,
+        "prefix_template": "Write one sentence a {role} says to every customer about how they can help. {context}",
+        "answer_start": "Sentence:",
+        "prompt_lead": "I",
+    }
     run = validate(
         {
-            **make_run(
-                tmp_path,
-                "cut",
-                steps=1,
-                policy={"conditioning": "task_level", "prompt_length": 4, "end_with_period": True},
-            ),
-            "eval": {"max_scenarios": 2, "select_checkpoints": 1, "select_samples": 2},
+            **make_run(tmp_path, "car you", steps=1, policy=policy),
+            "eval": {
+                "max_scenarios": 2,
+                "select_checkpoints": 1,
+                "select_samples": 2,
+                "min_end_probability": 0.005,
+            },
         }
     )
     trainer = build_trainer(run, tmp_path / "run")
-    tok, actions = trainer.policy.tokenizer, trainer.policy.actions
-    period = actions.stop_id
+    tok, period = trainer.policy.tokenizer, trainer.policy.actions.stop_id
 
     def ids(text: str) -> list[int]:
         words = tok(text, add_special_tokens=False)["input_ids"]
-        return (words + [period] * 4)[:4]
+        return (words + [period] * 8)[:8]
 
-    finished, cut = ids(" can help."), ids(" help the cut")
-    cut[-1] = period  # the period came only where it is forced
-    assert not actions.cut_short(finished) and actions.cut_short(cut)
-    trainer.learning.greedy = [Candidate("I can help.", finished, "greedy@1")]
+    at_last, early = ids(" can help you find the right car."), ids(" can help you find a car.")
+    cut = [*ids(" can help you find the car you")[:7], period]  # the period came only where it is forced
+    assert at_last[-1] == period and period not in at_last[:-1]  # ends at the last position by itself
+    end = {name: trainer.policy.sentence_end(a, TASK_LEVEL_CONTEXT) for name, a in
+           (("at_last", at_last), ("early", early), ("cut", cut))}  # fmt: skip
+    assert (
+        end["at_last"].probability > 0.005
+        and end["early"].probability > 0.005
+        and end["cut"].probability < 0.005
+    ), end
+    trimmed = end["cut"].trimmed  # where the LM would have ended it: earlier, with the period there
+    assert (
+        trimmed != cut
+        and trimmed.index(period) < 7
+        and trimmed[: trimmed.index(period)] == cut[: trimmed.index(period)]
+    )
+    trainer.learning.greedy = [Candidate("I can help you find the right car.", at_last, "greedy@1")]
     trainer.learning.keep_samples = 2
-    trainer.learning.samples = {"I help the cut.": Candidate("I help the cut.", cut, "sample@1", 1.0, 4)}
+    trainer.learning.samples = {
+        "I can help you find the car you.": Candidate(
+            "I can help you find the car you.", cut, "sample@1", 1.0, 4
+        ),
+    }
     prompts = learned_prompts(trainer, run)
     selection = select_task_prompt(trainer, run, prompts, trainer.target)
-    assert selection["chosen"] == "I can help." == prompts.task_level.text
-    assert "I help the cut." in selection["passed_over_cut_short"]  # (with any cut greedy@1 prompt)
-    assert "I can help." not in selection["passed_over_cut_short"]
+    assert "I can help you find the car you." in selection["passed_over_unfinished"]
+    assert "I can help you find the right car." not in selection["passed_over_unfinished"]
+    assert selection["chosen"] != "I can help you find the car you." == selection["passed_over_unfinished"][0]
+    assert selection["chosen"] == prompts.task_level.text
+    rows = {c["text"]: c for c in selection["candidates"]}
+    assert [c["action_ids"] for c in rows.values() if c["source"] == "trimmed sample@1"] == [trimmed]
+    assert rows["I can help you find the right car."]["end_probability"] == pytest.approx(
+        end["at_last"].probability
+    )

@@ -118,6 +118,7 @@ MODES: dict[str, tuple[MethodSpec, ...]] = {
         MethodSpec("ppo-no-std-floor", (*_PPO, "optimizer.zscore_min_std=0")),
         MethodSpec("ppo-no-stratify", (*_PPO, "optimizer.stratify_stages=false")),
         MethodSpec("ppo-no-paired-halves", (*_PPO, "optimizer.paired_halves=false")),
+        MethodSpec("ppo-no-warmup", (*_PPO, "optimizer.lr_warmup_fraction=0")),
         MethodSpec("ppo-no-period", (*_PPO, "policy.end_with_period=false")),
         MethodSpec("ppo-no-whole-prompt", (*_PPO, *_AFTER_BASE)),
         MethodSpec("ppo-no-first-person", (*_PPO, *_RULE_VOICE)),
@@ -197,6 +198,7 @@ def terms_in_effect(opt: PPOConfig) -> dict[str, bool]:
         "std_floor": opt.zscore and opt.zscore_min_std > 0,
         "stratify": opt.stratify_stages,
         "paired_halves": opt.paired_halves,
+        "warmup": opt.lr_warmup_fraction > 0,
     }
 
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,6 +39,15 @@ class BackboneState:
     ended: torch.Tensor | None = None  # (B,) bool: the row has written its period (tokens)
 
 
+@dataclass
+class SentenceEnd:
+    """How a prompt's sentence ends, read off the initial policy (selection's hand-off)."""
+
+    probability: float  # p(period) where the sentence ends, unforced; 1.0 without a period
+    fluency: float  # mean log-prob per token of its words and period (0.0 without a period)
+    trimmed: list[int]  # (K,) the words ended at the likeliest earlier position, or the ids unchanged
+
+
 class ActionSpace(Protocol):
     cacheable_hidden: bool
 
@@ -47,7 +57,7 @@ class ActionSpace(Protocol):
     def mask_logits(self, logits: torch.Tensor, state: BackboneState) -> torch.Tensor: ...
     def mask_sequence(self, logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor: ...
     def decode(self, actions: torch.Tensor) -> str: ...
-    def cut_short(self, action_ids: list[int]) -> bool: ...  # selection passes over a cut prompt
+    def sentence_end(self, head: Callable, prefix_text: str, action_ids: list[int]) -> SentenceEnd: ...
 
 
 def check_policy(cfg: PolicyConfig) -> None:
@@ -203,13 +213,34 @@ class TokenActions:
         forced[self.stop_id] = 0.0
         return torch.where((ended.to(device) | last)[..., None], forced, logits)
 
-    def cut_short(self, action_ids: list[int]) -> bool:
-        """True when the sentence had not ended by the last position, where its period is forced
-        ("I have the ability to assist in assisting at all of the.", seed 1 of stop 25). A sentence
-        that would have ended there anyway looks the same: selection passes over both."""
-        if self.stop_id is None or len(action_ids) < self.prompt_length:
-            return False
-        return self.stop_id not in action_ids[: self.prompt_length - 1]
+    @torch.no_grad()
+    def sentence_end(self, head: Callable, prefix_text: str, action_ids: list[int]) -> SentenceEnd:
+        """The period's probability where the sentence ends, under `head` on the frozen backbone
+        and unforced; the sentence's fluency; and the ids ended instead at the earlier position
+        the model likes best (unchanged when none beats the actual end).
+
+        The action ids alone cannot tell "... the right car for you." (a sentence that ends at the
+        last position, where the period is forced) from "... at all of the." (cut there), nor a
+        sampled period that closes a phrase mid-way ("I can help alleviate your vehicle dep.") from
+        one that ends it. The language model can, and it says where a cut sentence could have ended.
+        """
+        if self.stop_id is None or self.stop_id not in action_ids:
+            return SentenceEnd(1.0, 0.0, action_ids)
+        actions = torch.tensor([action_ids], device=self.backbone.device)
+        hidden = self.teacher_forced_hidden(self.backbone, [prefix_text], actions)[0]  # (K, d)
+        logits = self.output(head(hidden.float())) + self.bias.to(hidden.device)  # (K, V)
+        logprobs = torch.log_softmax(logits.float(), -1)  # (K, V), the period unforced
+        where = action_ids.index(self.stop_id)
+        period = logprobs[:, self.stop_id].exp().tolist()  # p(period) at each position
+        chosen = logprobs[
+            torch.arange(where + 1, device=logprobs.device), actions[0, : where + 1]
+        ]  # (where + 1,)
+        earlier = range(MIN_TOKENS_BEFORE_PERIOD, where)  # the period is barred before MIN_TOKENS
+        best = max(earlier, key=period.__getitem__, default=where)
+        trimmed = action_ids
+        if period[best] > period[where]:
+            trimmed = action_ids[:best] + [self.stop_id] * (len(action_ids) - best)
+        return SentenceEnd(period[where], float(chosen.mean()), trimmed)
 
     def decode(self, actions: torch.Tensor) -> str:
         ids = actions.tolist()
@@ -286,9 +317,9 @@ class ComponentActions:
         before = torch.cumsum(taken, dim=1) - taken  # components chosen before step t
         return logits + before.clamp(max=1) * MASKED
 
-    def cut_short(self, action_ids: list[int]) -> bool:
-        """A set of whole components is never cut off."""
-        return False
+    def sentence_end(self, head: Callable, prefix_text: str, action_ids: list[int]) -> SentenceEnd:
+        """A set of whole components has no sentence to end."""
+        return SentenceEnd(1.0, 0.0, action_ids)
 
     def decode(self, actions: torch.Tensor) -> str:
         chosen = sorted(set(actions.tolist()))

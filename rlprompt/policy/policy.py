@@ -13,6 +13,7 @@ head — milliseconds instead of a forward pass of the LM.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ import torch.nn as nn
 
 from rlprompt.config import PolicyConfig
 from rlprompt.errors import ConfigError
-from rlprompt.policy.action_spaces import ACTION_SPACES, ActionSpace, check_policy
+from rlprompt.policy.action_spaces import ACTION_SPACES, ActionSpace, SentenceEnd, check_policy
 from rlprompt.task import Task
 
 MASKED = -1e9  # finite "minus infinity": keeps softmax/entropy free of NaN
@@ -152,6 +153,20 @@ class PromptPolicy(nn.Module):
     def _teacher_forced(self, rollout: Rollout) -> torch.Tensor:
         prefixes = [self.prefix_text(c) for c in rollout.context_texts]
         return self.actions.teacher_forced_hidden(self.backbone, prefixes, rollout.actions).float()
+
+    def sentence_end(self, action_ids: list[int], context: str) -> SentenceEnd:
+        """How the prompt's sentence ends under the *initial* policy: the period's probability
+        where it ends, the sentence's fluency, and its version ended earlier.
+
+        The initial policy is the frozen language model (a zero residual head, or LoRA switched
+        off), so this asks whether the sentence is finished and natural English, not whether
+        training came to like it. Selection passes over prompts below `eval.min_end_probability`,
+        lets their trimmed versions compete ("... in the right direction and." → "... in the right
+        direction."), and prefers the more fluent of near-ties on val (`eval.fluent_within_se`).
+        """
+        adapter_off = self.backbone.disable_adapter() if self.cfg.head == "lora" else contextlib.nullcontext()
+        with adapter_off:
+            return self.actions.sentence_end(self.ref_head, self.prefix_text(context), action_ids)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Only what training changes: the head (or the LoRA weights)."""

@@ -20,6 +20,10 @@ class PPOConfig(OptimizerConfig):
     prompts_per_context: int = 4  # G
     lr: float = 2e-5
     adam_eps: float = 1e-8
+    # Linear learning-rate warmup over this fraction of the run's steps (0 = constant lr). Adam's
+    # step is ~lr per weight whatever the gradient's size, so without it the first noisy comparison
+    # moves the policy as far as any later one (docs/LEARNING.md 4k).
+    lr_warmup_fraction: float = 0.0
     max_grad_norm: float = 5.0
     ppo_epochs: int = 4
     minibatches: int = 2

@@ -22,7 +22,7 @@ class Candidate:
 
     text: str
     action_ids: list[int]
-    source: str  # "greedy@<step>" or "sample@<step>"
+    source: str  # "greedy@<step>", "sample@<step>", or "trimmed <source>" (selection)
     train_reward: float | None = None  # mean raw training reward of its conversations (samples)
     conversations: int = 0
 
@@ -151,6 +151,46 @@ def reward_rise(
         "unpaired_ci_low": float(np.quantile(unpaired, alpha)),
         "unpaired_ci_high": float(np.quantile(unpaired, 1 - alpha)),
     }
+
+
+def variance_components(rewards: np.ndarray) -> tuple[float, float]:
+    """(prompt SD, residual SD) of a prompts × scenarios reward table (every prompt on the same
+    scenarios): the two-way random-effects ANOVA without replication, E[MS_prompt] = σ²_res +
+    S·σ²_prompt and E[MS_residual] = σ²_res. The prompt SD is the spread PPO can learn to prefer;
+    the residual is one reply's noise that the per-scenario z-score cannot remove
+    (benchmarks/prompt_spread.py, docs/LEARNING.md §4k)."""
+    n, s = rewards.shape
+    if n < 2 or s < 2:
+        raise ValueError(f"variance_components needs >= 2 prompts and >= 2 scenarios, got {n} x {s}")
+    grand = rewards.mean()
+    residual = rewards - rewards.mean(1, keepdims=True) - rewards.mean(0, keepdims=True) + grand
+    ms_residual = float((residual**2).sum() / ((n - 1) * (s - 1)))
+    ms_prompt = float(s * ((rewards.mean(1) - grand) ** 2).sum() / (n - 1))
+    return max(0.0, (ms_prompt - ms_residual) / s) ** 0.5, ms_residual**0.5
+
+
+def choose_within_se(
+    val_rewards: list[np.ndarray], preference: list[float], within_se: float
+) -> tuple[int, int]:
+    """(the chosen candidate, the val-best): among the candidates whose val mean trails the
+    val-best's by at most `within_se` standard errors of their paired difference, the one with the
+    highest `preference` (ties: the higher val mean). `within_se=0` is the plain val-best.
+
+    The one-standard-error rule of model selection (Breiman et al. 1984, CART §3.4.3; Hastie,
+    Tibshirani & Friedman, The Elements of Statistical Learning §7.10), with the sentence's
+    fluency under the frozen LM in place of simplicity: on 48 val scenarios candidates often differ
+    by less than their noise, and then the val-best is a coin toss while a natural sentence is not.
+    val_rewards: one (N,) array per candidate, on the same N scenarios.
+    """
+    means = [float(r.mean()) for r in val_rewards]
+    best = max(range(len(means)), key=means.__getitem__)
+    eligible = []
+    for i, rewards in enumerate(val_rewards):
+        gap = val_rewards[best] - rewards
+        se = float(gap.std(ddof=1)) / len(gap) ** 0.5 if len(gap) > 1 else 0.0
+        if gap.mean() <= within_se * se:
+            eligible.append(i)
+    return max(eligible, key=lambda i: (preference[i], means[i])), best
 
 
 def replays_first_half(scenarios: list[list[str]] | None, window: int, n_steps: int) -> bool:

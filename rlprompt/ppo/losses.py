@@ -124,6 +124,21 @@ def ppo_loss(
     return pg_loss + kl_coef * kl - entropy_coef * entropy
 
 
+def warmup_lr(lr: float, step: int, warmup_steps: int) -> float:
+    """Learning rate of PPO step `step` (0-based): a linear ramp to `lr` over `warmup_steps` steps.
+
+    Adam normalizes each weight's step to ~lr whatever the gradient's size, and its early
+    second-moment estimates rest on few gradients (Liu et al. 2019, RAdam, "On the Variance of the
+    Adaptive Learning Rate and Beyond", https://arxiv.org/abs/1908.03265 §3: warmup is the fix).
+    Here a step's gradient comes from one noisy comparison of G prompts, so an un-warmed first step
+    commits the policy to whichever sample won it. A function of the step alone, so a resumed run
+    gets the same rate without optimizer-scheduler state.
+    """
+    if warmup_steps <= 0:
+        return lr
+    return lr * min(1.0, (step + 1) / warmup_steps)
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return x.mean()

@@ -26,10 +26,11 @@ from rlprompt.config import RunConfig
 from rlprompt.env.prompting import check_prompt_text
 from rlprompt.evaluation.evaluate import EvalResult, Evaluator, paired_difference, win_rate
 from rlprompt.models import load_model
+from rlprompt.policy.action_spaces import SentenceEnd
 from rlprompt.policy.policy import PromptPolicy
 from rlprompt.ppo.callbacks import CheckpointCallback, TensorBoardLogger, TrainerCallback
 from rlprompt.ppo.checkpoint import check_resume, run_meta, write_json
-from rlprompt.ppo.learning import Candidate, plot_learning_curve, reward_rise
+from rlprompt.ppo.learning import Candidate, choose_within_se, plot_learning_curve, reward_rise
 from rlprompt.ppo.trainer import TASK_LEVEL_CONTEXT, PPOTrainer, TrainerConfig
 from rlprompt.prompt_set import PromptEntry, PromptSet, context_key, write_prompts
 from rlprompt.rewards.factory import reward_from_config
@@ -209,8 +210,9 @@ def select_task_prompt(
 
     Candidates: the policy's greedy prompt at `eval.select_checkpoints` checkpoints (early stopping)
     and its `eval.select_samples` best-rewarded sampled prompts. Val is then spent on selection, so
-    the claim rests on test + heldout_persona. Candidates cut off at the forced final period are
-    passed over unless all are. Returns the selection table, or None when off.
+    the claim rests on test + heldout_persona. Unfinished sentences are passed over, and their
+    trimmed versions compete (`finished_candidates`); among candidates within
+    `eval.fluent_within_se` standard errors of the val-best, the most fluent ships (`choose_within_se`). Returns the selection table, or None when off.
     """
     task = trainer.task
     candidates = trainer.learning.candidates()
@@ -219,11 +221,7 @@ def select_task_prompt(
         candidates.append(Candidate(final.text, final.action_ids, f"greedy@{trainer.step_index}"))
     if len(candidates) < 2:
         return None
-    # A sentence cut off at the forced final period is not shipped while a finished one competes.
-    finished = [c for c in candidates if not trainer.policy.actions.cut_short(c.action_ids)]
-    passed_over = [c.text for c in candidates if finished and c not in finished]
-    candidates = finished or candidates
-
+    candidates, passed_over, end = finished_candidates(trainer, candidates, run.eval.min_end_probability)
     evaluator = run_evaluator(trainer, run, target)
 
     def on_val(system_prompt: str) -> EvalResult:
@@ -231,24 +229,60 @@ def select_task_prompt(
 
     rows = [(c, on_val(trainer.system_prompt(c.text))) for c in candidates]
     base = on_val(task.base_instruction)
-    best, _ = max(rows, key=lambda row: float(row[1].rewards.mean()))
+    chosen, val_best = choose_within_se(
+        [r.rewards for _, r in rows], [end[c.text].fluency for c, _ in rows], run.eval.fluent_within_se
+    )
+    best = rows[chosen][0]
     check_prompt_text(best.text, "selected prompt")
     prompts.task_level = PromptEntry(best.text, trainer.system_prompt(best.text), best.action_ids)
     return {
         "split": "val",
         "chosen": best.text,
         "chosen_source": best.source,
+        "val_best": rows[val_best][0].text,
+        "fluent_within_se": run.eval.fluent_within_se,
         "base_val": float(base.rewards.mean()),
-        "passed_over_cut_short": passed_over,
+        "min_end_probability": run.eval.min_end_probability,
+        "passed_over_unfinished": passed_over,
         "candidates": [
             {
                 **asdict(c),
                 "val_reward": float(r.rewards.mean()),
                 "val_minus_base": float((r.rewards - base.rewards).mean()),
+                "end_probability": end[c.text].probability,
+                "fluency": end[c.text].fluency,
             }
             for c, r in rows
         ],
     }
+
+
+def finished_candidates(
+    trainer: PPOTrainer, candidates: list[Candidate], min_end_probability: float
+) -> tuple[list[Candidate], list[str], dict[str, SentenceEnd]]:
+    """(the candidates selection may ship, the texts it passes over, how each text's sentence ends).
+
+    An unfinished sentence — the frozen LM gives its period less than `min_end_probability`: forced
+    at the last position, or closing a phrase mid-way — is passed over while a finished one
+    competes, and its version trimmed to the LM's likeliest earlier end competes too ("... in the
+    right direction and." → "... in the right direction.", source "trimmed greedy@36"). Val then
+    scores the trimmed text like any other. With every candidate unfinished, all compete.
+    """
+    end: dict[str, SentenceEnd] = {}
+    pool: list[Candidate] = []
+    for c in candidates:
+        end[c.text] = trainer.policy.sentence_end(c.action_ids, TASK_LEVEL_CONTEXT)
+        pool.append(c)
+        trimmed = end[c.text].trimmed
+        if end[c.text].probability >= min_end_probability or trimmed == c.action_ids:
+            continue
+        text = trainer.policy.decode(torch.tensor(trimmed))
+        if text not in end:
+            end[text] = trainer.policy.sentence_end(trimmed, TASK_LEVEL_CONTEXT)
+            pool.append(Candidate(text, trimmed, f"trimmed {c.source}"))
+    finished = [c for c in pool if end[c.text].probability >= min_end_probability]
+    passed_over = [c.text for c in pool if finished and c not in finished]
+    return finished or pool, passed_over, end
 
 
 def run_training(run: RunConfig, run_dir: Path, accelerator=None) -> dict | None:

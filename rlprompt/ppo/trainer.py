@@ -150,14 +150,22 @@ class PPOTrainer:
         per_rank = len(scenarios) // self.world
         return scenarios[self.rank * per_rank : (self.rank + 1) * per_rank]
 
-    def replay_period(self) -> int:
-        """Half the steps the run will take: `steps`, or under `optimizer.budget` (where `steps` is
-        only an upper bound) the steps the budget buys at C × G calls each."""
+    def planned_steps(self) -> int:
+        """The steps the run will take: `steps`, or under `optimizer.budget` (where `steps` is only
+        an upper bound) the steps the budget buys at C × G calls each."""
         steps = self.cfg.steps
         if self.cfg.budget is not None:
             per_step = self.cfg.contexts_per_step * self.cfg.prompts_per_context
             steps = min(steps, max(1, self.cfg.budget // per_step))
-        return max(1, math.ceil(steps / 2))
+        return steps
+
+    def replay_period(self) -> int:
+        """Half the steps the run will take (`planned_steps`)."""
+        return max(1, math.ceil(self.planned_steps() / 2))
+
+    def warmup_steps(self) -> int:
+        """The learning rate's ramp: `optimizer.lr_warmup_fraction` of the planned steps."""
+        return round(self.cfg.lr_warmup_fraction * self.planned_steps())
 
     def collect(self) -> StepBatch:
         scenarios = self.draw_contexts()
@@ -237,6 +245,8 @@ class PPOTrainer:
                     f"completed steps are {where}"
                 ) from failure
             with self.phases.time("update"):
+                for group in self.optimizer.param_groups:
+                    group["lr"] = ppo.warmup_lr(self.cfg.lr, self.step_index, self.warmup_steps())
                 stats = ppo_update(
                     batch, self.policy, self.optimizer, self.params_trainable, self.cfg, self.sample_gen,
                     self.sync_gradients,
@@ -265,7 +275,7 @@ class PPOTrainer:
     def track_learning(self, batch: StepBatch, mean_reward: float, stats: UpdateStats) -> None:
         """Feed the LearningLog: step reward, sampled task-level prompts, greedy prompt at checkpoints."""
         diagnostics = step_diagnostics(batch.rollout.prompts, batch.group, batch.raw_reward)
-        diagnostics.update(entropy=stats.entropy, kl=stats.kl)
+        diagnostics.update(entropy=stats.entropy, kl=stats.kl, lr=self.optimizer.param_groups[0]["lr"])
         self.learning.record_step(self.step_index, mean_reward, diagnostics, self.step_scenario_ids)
         if self.config.conditioning != "task_level":
             return

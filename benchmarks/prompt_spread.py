@@ -1,0 +1,95 @@
+"""How far apart are the prompts the policy samples, against the noise one comparison sees?
+
+    python benchmarks/prompt_spread.py [--prompts 12] [--scenarios 48] [--seed 7] [--threads 2]
+        [--overrides optimizer.lr=... ...]
+
+The learner can only climb what separates its own samples. This benchmark samples N prompts from
+the *untrained* default policy (its training distribution: top-k, temperature 1), plays each on
+the same S training scenarios with the default target and reward (greedy, cached), and splits the
+N × S rewards two ways (prompt + scenario + residual, the classic random-effects ANOVA):
+
+- `prompt_sd`: the spread of the prompts' true mean rewards (what PPO can learn to prefer);
+- `residual_sd`: the per-reply noise left after the scenario's and the prompt's effects (the
+  chaos of one greedy reply; the per-scenario z-score removes the scenario's effect, not this)
+  (`rlprompt.ppo.learning.variance_components`);
+- `comparison_snr`: prompt_sd against the noise of one prompt's mean over a step's C scenarios,
+  i.e. how well one PPO step can tell a better sample from a worse one;
+- `top_decile_gain`: what a policy that only sampled the prior's best 10 % would gain over the
+  prior's mean (1.755 prompt SDs for a normal spread): the most a training-reward rise can show.
+
+docs/LEARNING.md §4k reads these figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import Stopwatch, set_threads, write_result
+from hydra import compose, initialize_config_dir
+
+from rlprompt.config import validate
+from rlprompt.evaluation.evaluate import build_evaluator
+from rlprompt.ppo.learning import variance_components
+from rlprompt.ppo.run import build_trainer
+from rlprompt.ppo.trainer import TASK_LEVEL_CONTEXT
+from rlprompt.task import load_task
+
+REPO = Path(__file__).resolve().parents[1]
+TOP_DECILE_Z = 1.755  # E[z | z > 1.2816] for a standard normal: the mean of its top 10 %
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, default=12)
+    parser.add_argument("--scenarios", type=int, default=48, help="training scenarios each prompt plays")
+    parser.add_argument("--seed", type=int, default=7, help="seeds the policy's samples")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of the default run")
+    args = parser.parse_args()
+    threads = set_threads(args.threads)
+    overrides = ["task=car_sales", f"eval.max_scenarios={args.scenarios}", f"threads={threads}"]
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        run = validate(compose(config_name="config", overrides=[*overrides, *args.overrides]))
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_trainer(run, Path(tmp) / "run")
+        generator = torch.Generator().manual_seed(args.seed)
+        prompts = trainer.policy.sample([TASK_LEVEL_CONTEXT] * args.prompts, generator=generator).prompts
+        system_prompts = [trainer.system_prompt(p) for p in prompts]
+    evaluator = build_evaluator(run, load_task(run.task.name, run.task.path), role="eval")
+    rows = []
+    with Stopwatch() as watch:
+        for prompt, system in zip(prompts, system_prompts):
+            result = evaluator.evaluate("train", system)
+            rows.append(result.rewards)
+            print(f"{result.rewards.mean():.3f}  {prompt}", flush=True)
+    rewards = np.stack(rows)  # (N, S)
+    prompt_sd, residual_sd = variance_components(rewards)
+    C = run.optimizer.contexts_per_step
+    step_noise = residual_sd / math.sqrt(C)
+    figures = {
+        "prompts": prompts,
+        "prompt_means": rewards.mean(1).round(4).tolist(),
+        "scenarios": rewards.shape[1],
+        "prompt_sd": round(prompt_sd, 4),
+        "residual_sd": round(residual_sd, 4),
+        "contexts_per_step": C,
+        "comparison_snr": round(prompt_sd / step_noise, 3),
+        "top_decile_gain": round(TOP_DECILE_Z * prompt_sd, 4),
+        "seconds": round(watch.seconds, 1),
+        "overrides": args.overrides,
+    }
+    print(
+        f"prompt SD {prompt_sd:.3f}, residual SD {residual_sd:.3f} per reply: one step's comparison "
+        f"(mean over C={C} scenarios) sees the prompts' spread at SNR {figures['comparison_snr']:.2f}; "
+        f"the prior's best 10 % would score {figures['top_decile_gain']:+.3f} above its mean"
+    )
+    write_result("prompt_spread", figures)
+
+
+if __name__ == "__main__":
+    main()
