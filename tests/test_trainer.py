@@ -16,7 +16,7 @@ from rlprompt.build import TARGETS
 from rlprompt.config import validate
 from rlprompt.ppo.callbacks import CheckpointCallback
 from rlprompt.ppo.run import build_trainer
-from rlprompt.ppo.trainer import TASK_LEVEL_CONTEXT
+from rlprompt.ppo.trainer import TASK_LEVEL_CONTEXT, PPOTrainer
 from rlprompt.rewards.base import REWARDS, RewardResult, register_reward
 from rlprompt.targets.base import Reply
 
@@ -264,10 +264,10 @@ def test_paired_halves_replay_the_first_half_scenarios_step_for_step(tmp_path):
 
 
 def test_lr_warmup_shrinks_the_first_steps_move_of_the_head(tmp_path):
-    """With `lr_warmup_fraction=0.5` of 8 steps, the first PPO step moves the head's weights a
-    quarter as far as without (Adam's step is ~lr per weight, whatever the gradient's size) and
-    the rate reaches `lr` at step 4; a step's rate depends on its index alone (resume needs no
-    scheduler state). Under a budget the ramp is of the steps the budget buys."""
+    """With `lr_warmup_fraction=0.5` of 4 steps, the first PPO step moves the head's weights half
+    as far as without (Adam's step is ~lr per weight, whatever the gradient's size) and the rate
+    reaches `lr` at step 2; a step's rate depends on its index alone (resume needs no scheduler
+    state). Under a budget the ramp is of the steps the budget buys."""
     from rlprompt.ppo.callbacks import Callback
 
     class Record(Callback):
@@ -292,29 +292,29 @@ def test_lr_warmup_shrinks_the_first_steps_move_of_the_head(tmp_path):
             contexts_per_step=2,
             prompts_per_context=4,
             policy={"conditioning": "task_level"},
-            **{"steps": 8, **extra},
+            **{"steps": 4, **extra},
         )
         run["reward"].update(modules={"pays_for_length": 1.0}, options={})
         return run
 
-    def train(fraction: float) -> Record:
+    def train(fraction: float) -> tuple[Record, PPOTrainer]:
         record = Record()
         trainer = build_trainer(validate(settings(fraction)), tmp_path / f"w{fraction}", callbacks=[record])
         torch.manual_seed(0)
         for p in trainer.params_trainable:  # a head away from zero, so every weight gets a gradient
             p.data.normal_(0, 0.02)
         trainer.train()
-        return record
+        return record, trainer
 
-    full, warmed = train(0.0), train(0.5)
-    assert full.rates == pytest.approx([1e-4] * 8)
-    assert warmed.rates == pytest.approx([2.5e-5, 5e-5, 7.5e-5] + [1e-4] * 5)
-    assert warmed.first_move == pytest.approx(full.first_move / 4, rel=0.05), (
+    (full, _), (warmed, trainer) = train(0.0), train(0.5)
+    assert full.rates == pytest.approx([1e-4] * 4)
+    assert warmed.rates == pytest.approx([5e-5, 1e-4, 1e-4, 1e-4])
+    assert warmed.first_move == pytest.approx(full.first_move / 2, rel=0.05), (
         warmed.first_move,
         full.first_move,
     )
-    budgeted = build_trainer(validate(settings(0.5, steps=1000, budget=32)), tmp_path / "budgeted")
-    assert budgeted.warmup_steps() == 2  # 32 calls buy 4 steps of C x G = 8
+    trainer.cfg = validate(settings(0.5, steps=1000, budget=64)).optimizer
+    assert trainer.warmup_steps() == 4  # 64 calls buy 8 steps of C x G = 8
 
 
 def test_selection_passes_over_an_unfinished_sentence_not_one_that_ends_at_the_last_position(tmp_path):

@@ -206,13 +206,14 @@ def concat_results(results: list[EvalResult]) -> EvalResult:
 def select_task_prompt(
     trainer: PPOTrainer, run: RunConfig, prompts: PromptSet, target: CachedTarget
 ) -> dict | None:
-    """Ship the candidate task-level prompt with the best `val` reward (RLPrompt's model selection).
+    """Ship a task-level prompt chosen on `val` (RLPrompt's model selection, made to read).
 
     Candidates: the policy's greedy prompt at `eval.select_checkpoints` checkpoints (early stopping)
-    and its `eval.select_samples` best-rewarded sampled prompts. Val is then spent on selection, so
-    the claim rests on test + heldout_persona. Unfinished sentences are passed over, and their
-    trimmed versions compete (`finished_candidates`); among candidates within
-    `eval.fluent_within_se` standard errors of the val-best, the most fluent ships (`choose_within_se`). Returns the selection table, or None when off.
+    and its `eval.select_samples` best-rewarded sampled prompts. Unfinished sentences are passed
+    over and their trimmed versions compete (`finished_candidates`); among the candidates within
+    `eval.fluent_within_se` standard errors of the val-best, the most fluent ships
+    (`choose_within_se`). Val is then spent on selection, so the claim rests on test +
+    heldout_persona. Returns the selection table, or None when off.
     """
     task = trainer.task
     candidates = trainer.learning.candidates()
