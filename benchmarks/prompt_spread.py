@@ -33,11 +33,10 @@ from common import Stopwatch, set_threads, write_result
 from hydra import compose, initialize_config_dir
 
 from rlprompt.config import validate
-from rlprompt.evaluation.evaluate import build_evaluator
 from rlprompt.ppo.learning import variance_components
-from rlprompt.ppo.run import build_trainer
+from rlprompt.ppo.run import build_trainer, run_evaluator
 from rlprompt.ppo.trainer import TASK_LEVEL_CONTEXT
-from rlprompt.task import load_task
+from rlprompt.targets.cache import CallCounter
 
 REPO = Path(__file__).resolve().parents[1]
 TOP_DECILE_Z = 1.755  # E[z | z > 1.2816] for a standard normal: the mean of its top 10 %
@@ -57,14 +56,14 @@ def main() -> None:
         run = validate(compose(config_name="config", overrides=[*overrides, *args.overrides]))
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(run, Path(tmp) / "run")
-        generator = torch.Generator().manual_seed(args.seed)
-        prompts = trainer.policy.sample([TASK_LEVEL_CONTEXT] * args.prompts, generator=generator).prompts
-        system_prompts = [trainer.system_prompt(p) for p in prompts]
-    evaluator = build_evaluator(run, load_task(run.task.name, run.task.path), role="eval")
+    generator = torch.Generator().manual_seed(args.seed)
+    prompts = trainer.policy.sample([TASK_LEVEL_CONTEXT] * args.prompts, generator=generator).prompts
+    # the trainer's own target, reward and generation params: nothing loads twice
+    evaluator = run_evaluator(trainer, run, trainer.target.with_counter(CallCounter(role="eval")))
     rows = []
     with Stopwatch() as watch:
-        for prompt, system in zip(prompts, system_prompts):
-            result = evaluator.evaluate("train", system)
+        for prompt in prompts:
+            result = evaluator.evaluate("train", trainer.system_prompt(prompt))
             rows.append(result.rewards)
             print(f"{result.rewards.mean():.3f}  {prompt}", flush=True)
     rewards = np.stack(rows)  # (N, S)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from rlprompt.build import TARGETS
 from rlprompt.config import validate
@@ -326,14 +327,12 @@ def test_selection_passes_over_an_unfinished_sentence_not_one_that_ends_at_the_l
     from rlprompt.ppo.learning import Candidate
     from rlprompt.ppo.run import learned_prompts, select_task_prompt
 
-    policy = {
+    default = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "policy" / "tokens.yaml")
+    policy = {  # the default policy's prefix and voice, a shorter K
+        **{k: default[k] for k in ("prefix_template", "answer_start", "prompt_lead", "allowed_tokens")},
         "conditioning": "task_level",
         "prompt_length": 8,
-        "allowed_tokens": "words",
         "end_with_period": True,
-        "prefix_template": "Write one sentence a {role} says to every customer about how they can help. {context}",
-        "answer_start": "Sentence:",
-        "prompt_lead": "I",
     }
     run = validate(
         {
