@@ -122,7 +122,7 @@ def test_plans_compose_from_the_real_configs(mode):
 @pytest.mark.slow
 def test_small_real_comparison_writes_the_whole_report(tmp_path):
     out = tmp_path / "report"
-    budget = 24
+    budget = 16
     command = [
         sys.executable,
         str(ROOT / "scripts" / "compare.py"),
