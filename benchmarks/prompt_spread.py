@@ -20,7 +20,9 @@ N × S rewards two ways (prompt + scenario + residual, the classic random-effect
   (where the climb starts, relative to what the learned prompt must beat).
 
 `--name` writes `benchmarks/results/<name>.json`, so variants (`--overrides policy.…`) sit side by
-side with the default's figures.
+side with the default's figures. `--play` adds given prompts (`greedy`: the untrained policy's
+greedy sentence) on the same scenarios, each against the base instruction and against the prior's
+mean per scenario, paired: where a shipped prompt sits relative to where training started.
 
 docs/LEARNING.md §4k reads these figures.
 """
@@ -38,6 +40,7 @@ from common import Stopwatch, set_threads, write_result
 from hydra import compose, initialize_config_dir
 
 from rlprompt.config import validate
+from rlprompt.evaluation.evaluate import bootstrap_ci
 from rlprompt.ppo.learning import variance_components
 from rlprompt.ppo.run import build_trainer, run_evaluator
 from rlprompt.ppo.trainer import TASK_LEVEL_CONTEXT
@@ -55,6 +58,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of the default run")
     parser.add_argument("--name", default="prompt_spread", help="result file: benchmarks/results/<name>.json")
+    parser.add_argument(
+        "--play", nargs="*", default=[], help="prompts to place against the prior ('greedy': its greedy one)"
+    )
     args = parser.parse_args()
     threads = set_threads(args.threads)
     overrides = ["task=car_sales", f"eval.max_scenarios={args.scenarios}", f"threads={threads}"]
@@ -74,7 +80,19 @@ def main() -> None:
             print(f"{result.rewards.mean():.3f}  {prompt}", flush=True)
         base = evaluator.evaluate("train", trainer.task.base_instruction).rewards  # (S,)
         print(f"{base.mean():.3f}  [base instruction]", flush=True)
-    rewards = np.stack(rows)  # (N, S)
+        rewards = np.stack(rows)  # (N, S)
+        played = {}
+        for text in args.play:
+            if text == "greedy":
+                text = trainer.policy.sample([TASK_LEVEL_CONTEXT], greedy=True).prompts[0]
+            own = evaluator.evaluate("train", trainer.system_prompt(text)).rewards  # (S,)
+            played[text] = {
+                "mean": round(float(own.mean()), 4),
+                "minus_base": _paired(own - base),
+                "minus_prior_mean": _paired(own - rewards.mean(0)),
+            }
+            print(f"{own.mean():.3f}  {text}  (vs base {_fmt(played[text]['minus_base'])}, "
+                  f"vs the prior's mean {_fmt(played[text]['minus_prior_mean'])})", flush=True)  # fmt: skip
     prompt_sd, residual_sd = variance_components(rewards)
     C = run.optimizer.contexts_per_step
     step_noise = residual_sd / math.sqrt(C)
@@ -89,6 +107,8 @@ def main() -> None:
         "top_decile_gain": round(TOP_DECILE_Z * prompt_sd, 4),
         "base_mean": round(float(base.mean()), 4),
         "prior_minus_base": round(float(rewards.mean() - base.mean()), 4),
+        "prior_minus_base_ci": _paired(rewards.mean(0) - base),
+        "played": played,
         "seconds": round(watch.seconds, 1),
         "overrides": args.overrides,
     }
@@ -99,6 +119,20 @@ def main() -> None:
         f"which is {figures['prior_minus_base']:+.3f} against the base instruction"
     )
     write_result(args.name, figures)
+
+
+def _paired(differences: np.ndarray) -> dict:
+    """Mean and 95 % bootstrap CI of per-scenario differences (scenarios resampled)."""
+    ci = bootstrap_ci(differences)
+    return {
+        "mean": round(float(differences.mean()), 4),
+        "ci_low": round(ci.low, 4),
+        "ci_high": round(ci.high, 4),
+    }
+
+
+def _fmt(entry: dict) -> str:
+    return f"{entry['mean']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]"
 
 
 if __name__ == "__main__":
