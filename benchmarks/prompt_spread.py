@@ -24,7 +24,7 @@ side with the default's figures. `--play` adds given prompts (`greedy`: the untr
 greedy sentence) on the same scenarios, each against the base instruction and against the prior's
 mean per scenario, paired: where a shipped prompt sits relative to where training started.
 
-docs/LEARNING.md §4k reads these figures.
+docs/LEARNING.md §4k and §4l read these figures.
 """
 
 from __future__ import annotations
@@ -86,13 +86,16 @@ def main() -> None:
             if text == "greedy":
                 text = trainer.policy.sample([TASK_LEVEL_CONTEXT], greedy=True).prompts[0]
             own = evaluator.evaluate("train", trainer.system_prompt(text)).rewards  # (S,)
+            minus_base, minus_prior = bootstrap_ci(own - base), bootstrap_ci(own - rewards.mean(0))
             played[text] = {
                 "mean": round(float(own.mean()), 4),
-                "minus_base": _paired(own - base),
-                "minus_prior_mean": _paired(own - rewards.mean(0)),
+                "minus_base": minus_base.as_dict(),
+                "minus_prior_mean": minus_prior.as_dict(),
             }
-            print(f"{own.mean():.3f}  {text}  (vs base {_fmt(played[text]['minus_base'])}, "
-                  f"vs the prior's mean {_fmt(played[text]['minus_prior_mean'])})", flush=True)  # fmt: skip
+            print(
+                f"{own.mean():.3f}  {text}  (vs base {minus_base}, vs the prior's mean {minus_prior})",
+                flush=True,
+            )
     prompt_sd, residual_sd = variance_components(rewards)
     C = run.optimizer.contexts_per_step
     step_noise = residual_sd / math.sqrt(C)
@@ -107,7 +110,7 @@ def main() -> None:
         "top_decile_gain": round(TOP_DECILE_Z * prompt_sd, 4),
         "base_mean": round(float(base.mean()), 4),
         "prior_minus_base": round(float(rewards.mean() - base.mean()), 4),
-        "prior_minus_base_ci": _paired(rewards.mean(0) - base),
+        "prior_minus_base_ci": bootstrap_ci(rewards.mean(0) - base).as_dict(),
         "played": played,
         "seconds": round(watch.seconds, 1),
         "overrides": args.overrides,
@@ -119,20 +122,6 @@ def main() -> None:
         f"which is {figures['prior_minus_base']:+.3f} against the base instruction"
     )
     write_result(args.name, figures)
-
-
-def _paired(differences: np.ndarray) -> dict:
-    """Mean and 95 % bootstrap CI of per-scenario differences (scenarios resampled)."""
-    ci = bootstrap_ci(differences)
-    return {
-        "mean": round(float(differences.mean()), 4),
-        "ci_low": round(ci.low, 4),
-        "ci_high": round(ci.high, 4),
-    }
-
-
-def _fmt(entry: dict) -> str:
-    return f"{entry['mean']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]"
 
 
 if __name__ == "__main__":
