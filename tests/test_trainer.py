@@ -7,6 +7,7 @@ the RL loop with a known answer, not evidence about sales quality (see test_trai
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 from rlprompt.build import TARGETS
 from rlprompt.config import validate
 from rlprompt.ppo.callbacks import CheckpointCallback
+from rlprompt.ppo.losses import divergence_credit
 from rlprompt.ppo.run import build_trainer
 from rlprompt.ppo.trainer import TASK_LEVEL_CONTEXT, PPOTrainer
 from rlprompt.rewards.base import REWARDS, RewardResult, register_reward
@@ -386,3 +388,41 @@ def test_selection_passes_over_an_unfinished_sentence_not_one_that_ends_at_the_l
     assert rows["I can help you find the right car."]["end_probability"] == pytest.approx(
         end["at_last"].probability
     )
+
+
+def test_greedy_baseline_plays_the_greedy_prompt_and_centres_the_samples_on_it(tmp_path):
+    """With `optimizer.greedy_baseline`, the policy's greedy prompt answers each of the step's
+    scenarios too; its reward, not the samples' mean, centres their advantages (a sample longer
+    than the greedy prompt is pushed up under a reward that pays for length), the credit starts
+    where a sample leaves the greedy prompt, the logged training reward is the samples' alone,
+    and the samples are the ones the same seed draws without the baseline."""
+
+    def collect(greedy_baseline: bool):
+        run = make_run(
+            tmp_path,
+            "",
+            steps=2,
+            contexts_per_step=2,
+            prompts_per_context=3,
+            greedy_baseline=greedy_baseline,
+            policy={"conditioning": "task_level", "prompt_length": 4},
+        )
+        run["reward"].update(modules={"pays_for_length": 1.0}, options={})
+        trainer = build_trainer(validate(run), tmp_path / f"g{greedy_baseline}")
+        return trainer, trainer.collect()
+
+    trainer, batch = collect(True)
+    greedy = trainer.policy.sample([TASK_LEVEL_CONTEXT], greedy=True)
+    greedy_reward = min(1.0, len(greedy.prompts[0]) / 100)  # the echo target replies with the prompt
+    assert batch.baseline_reward.tolist() == pytest.approx([greedy_reward] * 2)
+    assert batch.raw_reward.shape == (6,)  # C x G sampled conversations; the greedy ones apart
+    for b, prompt in enumerate(batch.rollout.prompts):
+        difference = min(1.0, len(prompt) / 100) - greedy_reward
+        assert math.copysign(1, float(batch.advantages[b])) == math.copysign(1, difference) or difference == 0
+    assert (
+        batch.credit.tolist()
+        == divergence_credit(batch.rollout.actions, greedy.actions.expand(3, -1)).tolist()
+    )
+    assert batch.credit.sum() > 0  # some sample left the greedy prompt (top-256 sampling)
+    _, plain = collect(False)
+    assert plain.rollout.prompts == batch.rollout.prompts and plain.credit is None

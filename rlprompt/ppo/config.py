@@ -41,3 +41,11 @@ class PPOConfig(OptimizerConfig):
     # The second half of the run replays the first half's scenarios step for step (step t + steps/2
     # answers step t's), so the training reward's rise is a paired difference (docs/LEARNING.md 4j).
     paired_halves: bool = False
+    # Self-critical baseline (SCST): the policy's greedy prompt also answers each step's scenarios
+    # and its reward, not the samples' mean, centres their advantages, so samples worse than the
+    # policy's own mode are pushed down and better ones up (docs/LEARNING.md 4m). Costs C calls a
+    # step (fewer when the greedy prompt and the scenarios repeat: cached).
+    greedy_baseline: bool = False
+    # With the greedy baseline: a sample's advantage applies from where it leaves the greedy prompt
+    # on (`losses.divergence_credit`); false = every token, as in plain SCST.
+    divergence_credit: bool = True

@@ -155,7 +155,7 @@ class PPOTrainer:
         an upper bound) the steps the budget buys at C × G calls each."""
         steps = self.cfg.steps
         if self.cfg.budget is not None:
-            per_step = self.cfg.contexts_per_step * self.cfg.prompts_per_context
+            per_step = self.cfg.contexts_per_step * (self.cfg.prompts_per_context + self.cfg.greedy_baseline)
             steps = min(steps, max(1, self.cfg.budget // per_step))
         return steps
 
@@ -169,42 +169,78 @@ class PPOTrainer:
 
     def collect(self) -> StepBatch:
         scenarios = self.draw_contexts()
-        G = self.cfg.prompts_per_context
         with self.phases.time("policy_sampling"):
-            if self.config.conditioning == "context_conditioned":
-                rollout = self.policy.sample(
-                    [s.context_text() for s in scenarios for _ in range(G)], generator=self.sample_gen
-                )
-                rows = [(s, i * G + g, i) for i, s in enumerate(scenarios) for g in range(G)]
-            elif self.config.conditioning == "task_level":
-                rollout = self.policy.sample([TASK_LEVEL_CONTEXT] * G, generator=self.sample_gen)
-                rows = [(s, g, i) for i, s in enumerate(scenarios) for g in range(G)]
-            else:
-                raise ConfigError(
-                    f"unknown policy.conditioning '{self.config.conditioning}'. "
-                    "Valid: context_conditioned, task_level"
-                )
+            rollout, rows = self.sample_prompts(scenarios)
+            greedy = self.greedy_prompts(scenarios) if self.cfg.greedy_baseline else None
         row_scenarios = [r[0] for r in rows]
         prompt_index = torch.tensor([r[1] for r in rows])
         group = torch.tensor([r[2] for r in rows])
         system = [self.system_prompt(rollout.prompts[i]) for i in prompt_index.tolist()]
+        if greedy is not None:  # the greedy prompt of each scenario's context answers it too
+            system += [self.system_prompt(greedy.prompts[self.greedy_row(i)]) for i in range(len(scenarios))]
         with self.phases.time("target_generation"):
             samples = run_conversations(
-                self.target, row_scenarios, system, self.params, self.config.turns, self.reward.customer
-            )
+                self.target, row_scenarios + (scenarios if greedy is not None else []), system, self.params,
+                self.config.turns, self.reward.customer,
+            )  # fmt: skip
         with self.phases.time("reward"):
             scored = self.reward.reward.score(samples)
-        stabilized = ppo.stabilize(scored.total, group, self.low, self.high, self.stabilizer)
+        N = len(rows)
+        raw, baseline_reward, baseline, credit = scored.total[:N], None, None, None
+        if greedy is not None:
+            baseline_reward = scored.total[N:]  # (C,) the greedy prompt's reward per scenario
+            baseline = baseline_reward[group]  # (N,)
+            if self.cfg.divergence_credit:
+                rows_greedy = torch.tensor([self.greedy_row(i) for i in self.rollout_contexts(rollout, rows)])
+                credit = ppo.divergence_credit(rollout.actions, greedy.actions[rows_greedy])
+        stabilized = ppo.stabilize(raw, group, self.low, self.high, self.stabilizer, baseline)
         advantages, _ = per_prompt_mean(stabilized, prompt_index, len(rollout))
         return StepBatch(
             rollout,
             row_scenarios,
             prompt_index,
             group,
-            scored.total.float(),
-            {k: v.float() for k, v in scored.parts.items()},
+            raw.float(),
+            {k: v[:N].float() for k, v in scored.parts.items()},
             advantages,
+            credit=credit,
+            baseline_reward=None if baseline_reward is None else baseline_reward.float(),
         )
+
+    def sample_prompts(self, scenarios: list[Scenario]):
+        """G sampled prompts per scenario's context (or G for the task), and the rows to play:
+        (scenario, rollout row of its prompt, z-score group = the scenario's index)."""
+        G = self.cfg.prompts_per_context
+        if self.config.conditioning == "context_conditioned":
+            rollout = self.policy.sample(
+                [s.context_text() for s in scenarios for _ in range(G)], generator=self.sample_gen
+            )
+            return rollout, [(s, i * G + g, i) for i, s in enumerate(scenarios) for g in range(G)]
+        if self.config.conditioning == "task_level":
+            rollout = self.policy.sample([TASK_LEVEL_CONTEXT] * G, generator=self.sample_gen)
+            return rollout, [(s, g, i) for i, s in enumerate(scenarios) for g in range(G)]
+        raise ConfigError(
+            f"unknown policy.conditioning '{self.config.conditioning}'. Valid: context_conditioned, task_level"
+        )
+
+    def greedy_prompts(self, scenarios: list[Scenario]):
+        """The policy's greedy prompt: one for the task, or one per scenario's context. Greedy
+        decoding draws nothing from the sampling generator, so the samples are the same with or
+        without the baseline."""
+        if self.config.conditioning == "task_level":
+            return self.policy.sample([TASK_LEVEL_CONTEXT], greedy=True)
+        return self.policy.sample([s.context_text() for s in scenarios], greedy=True)
+
+    def greedy_row(self, scenario_index: int) -> int:
+        """Row of `greedy_prompts` that answers the step's scenario `scenario_index`."""
+        return 0 if self.config.conditioning == "task_level" else scenario_index
+
+    def rollout_contexts(self, rollout, rows) -> list[int]:
+        """For each rollout row, the index of a scenario whose context it was sampled for."""
+        first: dict[int, int] = {}
+        for _, row, scenario_index in rows:
+            first.setdefault(row, scenario_index)
+        return [first[b] for b in range(len(rollout))]
 
     def system_prompt(self, learned: str) -> str:
         return assemble_system_prompt(self.task.base_instruction, learned, self.config.prompt)
@@ -276,6 +312,8 @@ class PPOTrainer:
         """Feed the LearningLog: step reward, sampled task-level prompts, greedy prompt at checkpoints."""
         diagnostics = step_diagnostics(batch.rollout.prompts, batch.group, batch.raw_reward)
         diagnostics.update(entropy=stats.entropy, kl=stats.kl, lr=self.optimizer.param_groups[0]["lr"])
+        if batch.baseline_reward is not None:  # the greedy prompt's reward on this rank's scenarios
+            diagnostics["greedy_reward"] = float(self._gather(batch.baseline_reward).mean())
         self.learning.record_step(self.step_index, mean_reward, diagnostics, self.step_scenario_ids)
         if self.config.conditioning != "task_level":
             return

@@ -33,6 +33,8 @@ class StepBatch:
     raw_reward: torch.Tensor  # (N,) reward before stabilization
     parts: dict[str, torch.Tensor]  # module → (N,)
     advantages: torch.Tensor  # (B,) stabilized reward averaged over each prompt's conversations
+    credit: torch.Tensor | None = None  # (B, K) which tokens the advantage applies to (None: all)
+    baseline_reward: torch.Tensor | None = None  # (C,) the greedy prompt's raw reward per scenario
 
 
 @dataclass
@@ -79,6 +81,8 @@ def ppo_update(
     rollout = batch.rollout
     B, K = rollout.actions.shape
     advantages = ppo.sequence_advantages(batch.advantages.to(rollout.hidden.device), K)  # (B, K)
+    if batch.credit is not None:
+        advantages = advantages * batch.credit.to(advantages.device)
     with torch.no_grad():
         ref_logits = policy.action_logits(rollout, reference=True) if cfg.kl_coef > 0 else None
     stats: dict[str, list[float]] = {k: [] for k in UpdateStats.__dataclass_fields__}
