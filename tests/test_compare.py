@@ -224,7 +224,7 @@ def _terms_in_effect(opt) -> dict[str, bool]:
 
     from rlprompt.ppo.losses import StabilizerConfig, stabilize
 
-    group_size = opt.prompts_per_context
+    group_size = opt.prompts_per_context + opt.greedy_in_group  # the greedy prompt is one more member
     reward = torch.rand(400 * group_size, generator=torch.Generator().manual_seed(0))  # raw, in [0, 1]
     reward[:group_size] = torch.eye(group_size)[0]  # one prompt apart: the largest |z|, sqrt(G-1)
     group = torch.arange(400).repeat_interleave(group_size)
@@ -242,6 +242,7 @@ def _terms_in_effect(opt) -> dict[str, bool]:
         "std_floor": not torch.equal(stabilized, unfloored),
         "stratify": opt.stratify_stages,
         "paired_halves": opt.paired_halves,
+        "greedy_in_group": opt.greedy_in_group,
         "warmup": opt.lr_warmup_fraction > 0,
     }
 
@@ -266,6 +267,7 @@ def test_every_ablation_switches_off_exactly_one_term():
         "std_floor": True,
         "stratify": True,
         "paired_halves": True,
+        "greedy_in_group": True,
         "warmup": True,
         "period": True,
         "first_person": True,
@@ -295,6 +297,7 @@ def test_terms_in_effect_match_the_stabilizer_and_guard_the_ablation():
         PPOConfig(zscore=False),
         PPOConfig(prompts_per_context=11),  # sqrt(10) > 3: the clip can fire on z-scores
         PPOConfig(prompts_per_context=10),  # sqrt(9) = 3: it cannot
+        PPOConfig(prompts_per_context=10, greedy_in_group=True),  # 11 members: sqrt(10) > 3, it can
         PPOConfig(zscore=False, shaping_scale=2.0),
         PPOConfig(zscore=False, reward_clip=0.0),
         PPOConfig(zscore_min_std=0.15, stratify_stages=True),

@@ -51,6 +51,12 @@ def test_learning_curve_png_is_written(tmp_path):
         path, list(range(1, 31)), [0.1 + 0.01 * i for i in range(30)], [(10, 0.2), (30, 0.4)], 0.25
     )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    with_greedy = tmp_path / "with_greedy.png"  # optimizer.greedy_in_group: the greedy prompt's line
+    plot_learning_curve(
+        with_greedy, list(range(1, 31)), [0.1 + 0.01 * i for i in range(30)], [(10, 0.2)], 0.25, [0.5] * 30
+    )
+    plot_learning_curve(path, list(range(1, 31)), [0.1 + 0.01 * i for i in range(30)], [(10, 0.2)], 0.25)
+    assert with_greedy.read_bytes() != path.read_bytes()
 
 
 def test_verdict_line_states_the_paired_result():

@@ -109,29 +109,3 @@ def test_warmup_lr_ramps_linearly_then_holds():
         [2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4, 1e-4]
     )
     assert ppo.warmup_lr(1e-4, 0, 0) == 1e-4  # 0 switches the ramp off
-
-
-def test_divergence_credit_starts_where_the_sample_leaves_the_greedy_prompt():
-    greedy = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 8], [5, 6, 7, 8]])
-    sampled = torch.tensor([[5, 6, 9, 8], [1, 6, 7, 8], [5, 6, 7, 8]])
-    credit = ppo.divergence_credit(sampled, greedy)
-    # row 0 leaves at position 2 (and the later return to 8 keeps its credit: it follows a new word)
-    assert credit.tolist() == [[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0]]
-
-
-def test_zscore_with_a_baseline_centres_on_it_not_on_the_group_mean():
-    reward = torch.tensor([0.2, 0.4, 0.9, 0.1])
-    group = torch.tensor([0, 0, 1, 1])
-    baseline = torch.tensor([0.5, 0.5, 0.1, 0.1])  # the greedy prompt's reward on each row's input
-    out = ppo.zscore_per_group(reward, group, baseline=baseline)
-    std0, std1 = 0.1, 0.4  # population std of each group's own rewards
-    assert out.tolist() == pytest.approx([-0.3 / std0, -0.1 / std0, 0.8 / std1, 0.0], rel=1e-3)
-    assert (out[:2] < 0).all()  # both samples below the greedy prompt: both pushed down
-
-
-def test_stabilize_shapes_the_baseline_like_the_rewards():
-    cfg = ppo.StabilizerConfig(shaping=True, shaping_scale=5.0, zscore=False, reward_clip=0.0)
-    reward, baseline = torch.tensor([0.6, 0.2]), torch.tensor([0.4, 0.4])
-    out = ppo.stabilize(reward, torch.tensor([0, 0]), 0.0, 1.0, cfg, baseline)
-    assert out.tolist() == pytest.approx([1.0, -1.0])  # (0.6 - 0.4) * 5 and (0.2 - 0.4) * 5
-    assert ppo.stabilize(reward, torch.tensor([0, 0]), 0.0, 1.0, cfg).tolist() == pytest.approx([3.0, 1.0])

@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 from rlprompt.build import TARGETS
 from rlprompt.config import validate
 from rlprompt.ppo.callbacks import CheckpointCallback
-from rlprompt.ppo.losses import divergence_credit
 from rlprompt.ppo.run import build_trainer
 from rlprompt.ppo.trainer import TASK_LEVEL_CONTEXT, PPOTrainer
+from rlprompt.ppo.update import UpdateStats
 from rlprompt.rewards.base import REWARDS, RewardResult, register_reward
 from rlprompt.targets.base import Reply
 
@@ -390,39 +390,41 @@ def test_selection_passes_over_an_unfinished_sentence_not_one_that_ends_at_the_l
     )
 
 
-def test_greedy_baseline_plays_the_greedy_prompt_and_centres_the_samples_on_it(tmp_path):
-    """With `optimizer.greedy_baseline`, the policy's greedy prompt answers each of the step's
-    scenarios too; its reward, not the samples' mean, centres their advantages (a sample longer
-    than the greedy prompt is pushed up under a reward that pays for length), the credit starts
-    where a sample leaves the greedy prompt, the logged training reward is the samples' alone,
-    and the samples are the ones the same seed draws without the baseline."""
+def test_greedy_prompt_competes_in_every_group_but_not_in_the_training_reward(tmp_path):
+    """With `optimizer.greedy_in_group`, the policy's greedy prompt answers each of the step's
+    scenarios as one more member of its group, z-scored and updated like the samples (under a
+    reward that pays for length it is pushed up exactly when it is longer than its group's mean);
+    the logged training reward is the samples' alone, the greedy prompt's is logged apart, and
+    the samples are the ones the same seed draws without it."""
+    C, G = 2, 3
 
-    def collect(greedy_baseline: bool):
+    def collect(greedy_in_group: bool):
         run = make_run(
             tmp_path,
             "",
             steps=2,
-            contexts_per_step=2,
-            prompts_per_context=3,
-            greedy_baseline=greedy_baseline,
+            contexts_per_step=C,
+            prompts_per_context=G,
+            greedy_in_group=greedy_in_group,
             policy={"conditioning": "task_level", "prompt_length": 4},
         )
         run["reward"].update(modules={"pays_for_length": 1.0}, options={})
-        trainer = build_trainer(validate(run), tmp_path / f"g{greedy_baseline}")
+        trainer = build_trainer(validate(run), tmp_path / f"g{greedy_in_group}")
         return trainer, trainer.collect()
 
     trainer, batch = collect(True)
-    greedy = trainer.policy.sample([TASK_LEVEL_CONTEXT], greedy=True)
-    greedy_reward = min(1.0, len(greedy.prompts[0]) / 100)  # the echo target replies with the prompt
-    assert batch.baseline_reward.tolist() == pytest.approx([greedy_reward] * 2)
-    assert batch.raw_reward.shape == (6,)  # C x G sampled conversations; the greedy ones apart
-    for b, prompt in enumerate(batch.rollout.prompts):
-        difference = min(1.0, len(prompt) / 100) - greedy_reward
-        assert math.copysign(1, float(batch.advantages[b])) == math.copysign(1, difference) or difference == 0
-    assert (
-        batch.credit.tolist()
-        == divergence_credit(batch.rollout.actions, greedy.actions.expand(3, -1)).tolist()
-    )
-    assert batch.credit.sum() > 0  # some sample left the greedy prompt (top-256 sampling)
+    greedy = trainer.policy.sample([TASK_LEVEL_CONTEXT], greedy=True).prompts[0]
+    assert batch.rollout.prompts[G] == greedy and batch.sampled == G
+    assert batch.raw_reward.shape == (C * (G + 1),)
+    lengths = torch.tensor([min(1.0, len(p) / 100) for p in batch.rollout.prompts])  # echo: reply = prompt
+    above = float(lengths[G] - lengths.mean())
+    assert above == 0 or math.copysign(1, float(batch.advantages[G])) == math.copysign(1, above)
+    sampled = batch.sampled_conversations()
+    assert int(sampled.sum()) == C * G and (batch.prompt_index[~sampled] == G).all()
+    stats = UpdateStats(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    trainer.finish_step(batch, stats, 1.0)
+    assert trainer.learning.reward[-1] == pytest.approx(float(lengths[:G].mean()))
+    assert trainer.learning.diagnostics[-1]["greedy_reward"] == pytest.approx(float(lengths[G]))
+    assert trainer.learning.diagnostics[-1]["prompts"] == G
     _, plain = collect(False)
-    assert plain.rollout.prompts == batch.rollout.prompts and plain.credit is None
+    assert plain.rollout.prompts == batch.rollout.prompts[:G] and plain.sampled == -1

@@ -119,6 +119,7 @@ MODES: dict[str, tuple[MethodSpec, ...]] = {
         MethodSpec("ppo-no-stratify", (*_PPO, "optimizer.stratify_stages=false")),
         MethodSpec("ppo-no-paired-halves", (*_PPO, "optimizer.paired_halves=false")),
         MethodSpec("ppo-no-warmup", (*_PPO, "optimizer.lr_warmup_fraction=0")),
+        MethodSpec("ppo-no-greedy-in-group", (*_PPO, "optimizer.greedy_in_group=false")),
         MethodSpec("ppo-no-period", (*_PPO, "policy.end_with_period=false")),
         MethodSpec("ppo-no-whole-prompt", (*_PPO, *_AFTER_BASE)),
         MethodSpec("ppo-no-first-person", (*_PPO, *_RULE_VOICE)),
@@ -181,12 +182,12 @@ def terms_in_effect(opt: PPOConfig) -> dict[str, bool]:
     """Which PPO stabilizer / loss terms can change an update at these settings.
 
     A stage is in effect when it can change what it receives. The reward clip acts on z-scores
-    when the z-score is on, and a population z-score over a group of G prompts satisfies
-    |z| <= sqrt(G - 1); without the z-score it acts on the shaped rewards in [0, shaping_scale]
+    when the z-score is on, and a population z-score over a group of G prompts (G + 1 with the
+    greedy prompt in the group) satisfies |z| <= sqrt(G - 1); without the z-score it acts on the shaped rewards in [0, shaping_scale]
     (raw rewards, whose bounds are not known here, are assumed to reach it).
     """
     if opt.zscore:
-        reach = math.sqrt(max(opt.prompts_per_context - 1, 0))
+        reach = math.sqrt(max(opt.prompts_per_context + opt.greedy_in_group - 1, 0))
     else:
         reach = opt.shaping_scale if opt.shaping else math.inf
     return {
@@ -198,6 +199,7 @@ def terms_in_effect(opt: PPOConfig) -> dict[str, bool]:
         "std_floor": opt.zscore and opt.zscore_min_std > 0,
         "stratify": opt.stratify_stages,
         "paired_halves": opt.paired_halves,
+        "greedy_in_group": opt.greedy_in_group,
         "warmup": opt.lr_warmup_fraction > 0,
     }
 

@@ -41,11 +41,9 @@ class PPOConfig(OptimizerConfig):
     # The second half of the run replays the first half's scenarios step for step (step t + steps/2
     # answers step t's), so the training reward's rise is a paired difference (docs/LEARNING.md 4j).
     paired_halves: bool = False
-    # Self-critical baseline (SCST): the policy's greedy prompt also answers each step's scenarios
-    # and its reward, not the samples' mean, centres their advantages, so samples worse than the
-    # policy's own mode are pushed down and better ones up (docs/LEARNING.md 4m). Costs C calls a
-    # step (fewer when the greedy prompt and the scenarios repeat: cached).
-    greedy_baseline: bool = False
-    # With the greedy baseline: a sample's advantage applies from where it leaves the greedy prompt
-    # on (`losses.divergence_credit`); false = every token, as in plain SCST.
-    divergence_credit: bool = True
+    # The policy's greedy prompt joins each step's G samples as one more member of every group,
+    # scored and updated like them: it is what ships, so it is pushed up when it beats the samples
+    # on the step's scenarios and down when one of them beats it (docs/LEARNING.md 4m). The
+    # training reward (and its rise) stays the samples' alone. Costs C calls a step (fewer when
+    # the greedy prompt and the scenarios repeat: cached).
+    greedy_in_group: bool = False

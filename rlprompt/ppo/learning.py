@@ -207,8 +207,11 @@ def plot_learning_curve(
     reward: list[float],
     checkpoints: list[tuple[int, float]],
     base_val: float | None,
+    greedy_reward: list[float] | None = None,
 ) -> None:
-    """Training reward per step, its moving average, and the greedy prompt's val reward at checkpoints."""
+    """Training reward per step, its moving average, and the greedy prompt's val reward at
+    checkpoints; with `optimizer.greedy_in_group`, also the greedy prompt's moving-average reward
+    on the steps' own scenarios (what the shipped prompt earns while the samples compete with it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,6 +229,11 @@ def plot_learning_curve(
             linewidth=2.2,
             label=f"moving average ({width} steps)",
         )
+    if greedy_reward and len(greedy_reward) == len(steps) and len(steps) >= 3:
+        width = max(3, min(10, len(steps) // 5))
+        smooth = np.convolve(greedy_reward, np.ones(width) / width, mode="valid")
+        ax.plot(steps[width - 1 :], smooth, color="#2e8b57", linewidth=1.6, linestyle="-.",
+                label=f"greedy prompt on the steps' scenarios ({width}-step average)")  # fmt: skip
     if checkpoints:
         xs, ys = zip(*checkpoints)
         ax.plot(xs, ys, "o-", color="#d9661f", linewidth=1.5, label="greedy prompt on val")

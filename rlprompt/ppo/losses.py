@@ -6,8 +6,6 @@ the math. References:
   CleanRL's ppo.py (https://github.com/vwxyzjn/cleanrl/blob/master/cleanrl/ppo.py).
 - Reward stabilization (shaping, per-input z-score): Deng et al. 2022, RLPrompt,
   https://arxiv.org/abs/2205.12548 §2.3 and mingkaid/rl-prompt (`_compute_reward` z-score).
-- Self-critical baseline (the greedy sequence's reward as the baseline of the sampled ones):
-  Rennie et al. 2017, SCST, https://arxiv.org/abs/1612.00563 §3.
 - Approx-KL estimator: http://joschu.net/blog/kl-approx.html (k3), as logged by CleanRL.
 """
 
@@ -26,9 +24,7 @@ def linear_shaping(reward: torch.Tensor, low: float, high: float, scale: float) 
     return (reward - low) / (high - low) * scale
 
 
-def zscore_per_group(
-    reward: torch.Tensor, group: torch.Tensor, min_std: float = 0.0, baseline: torch.Tensor | None = None
-) -> torch.Tensor:
+def zscore_per_group(reward: torch.Tensor, group: torch.Tensor, min_std: float = 0.0) -> torch.Tensor:
     """Z-score each reward against the other prompts sampled for the same input.
 
     reward: (N,); group: (N,) integer id of the input (context / scenario) each reward belongs to.
@@ -37,8 +33,6 @@ def zscore_per_group(
     `min_std` floors the std (RLPrompt: none, only 1e-4): where G prompts score almost alike, plain
     z-scoring inflates differences of 0.001 into advantages of +-1, i.e. it trains on noise; with
     the floor such a group's advantages stay as small as its differences (docs/LEARNING.md).
-    `baseline` (N,), if given, replaces the group mean as each reward's centre: the self-critical
-    baseline, the greedy prompt's reward on the same input (`self_critical_baseline`).
     """
     out = torch.zeros_like(reward)
     for g in torch.unique(group):
@@ -46,23 +40,8 @@ def zscore_per_group(
         r = reward[idx]
         if r.numel() < 2:
             continue
-        centre = r.mean() if baseline is None else baseline[idx]
-        out[idx] = (r - centre) / (r.std(unbiased=False).clamp_min(min_std) + ZSCORE_EPS)
+        out[idx] = (r - r.mean()) / (r.std(unbiased=False).clamp_min(min_std) + ZSCORE_EPS)
     return out
-
-
-def divergence_credit(actions: torch.Tensor, baseline_actions: torch.Tensor) -> torch.Tensor:
-    """Which tokens a self-critical advantage belongs to: (B, K) 1.0 from the first position where
-    a sampled prompt leaves the greedy prompt of its context, 0.0 before it.
-
-    actions, baseline_actions: (B, K). Up to that position the sample made the greedy prompt's own
-    choices, so the difference between their rewards comes from the choices after it; charging
-    it to the shared prefix too would push the greedy words down whenever a continuation fails
-    (and up whenever one succeeds). A sample equal to the greedy prompt gets no credit (its
-    advantage is 0 anyway). Our credit rule for the self-critical baseline of Rennie et al. 2017.
-    """
-    left = (actions != baseline_actions).long().cumsum(-1) > 0
-    return left.float()
 
 
 def clip_rewards(reward: torch.Tensor, bound: float) -> torch.Tensor:
@@ -80,28 +59,14 @@ class StabilizerConfig:
 
 
 def stabilize(
-    reward: torch.Tensor,
-    group: torch.Tensor,
-    low: float,
-    high: float,
-    cfg: StabilizerConfig,
-    baseline: torch.Tensor | None = None,
+    reward: torch.Tensor, group: torch.Tensor, low: float, high: float, cfg: StabilizerConfig
 ) -> torch.Tensor:
-    """shaping → per-group z-score → clip. Each stage can be switched off (ablations).
-
-    reward, group: (N,). `baseline` (N,): the self-critical baseline's raw reward on each row's
-    input (shaped like the rewards), subtracted instead of the group mean; without the z-score
-    it is still subtracted (an advantage must be centred on something).
-    """
+    """shaping → per-group z-score → clip. Each stage can be switched off (ablations)."""
     r = reward.to(torch.float32)
-    b = None if baseline is None else baseline.to(torch.float32)
     if cfg.shaping:
         r = linear_shaping(r, low, high, cfg.shaping_scale)
-        b = None if b is None else linear_shaping(b, low, high, cfg.shaping_scale)
     if cfg.zscore:
-        r = zscore_per_group(r, group, cfg.zscore_min_std, b)
-    elif b is not None:
-        r = r - b
+        r = zscore_per_group(r, group, cfg.zscore_min_std)
     return clip_rewards(r, cfg.reward_clip)
 
 

@@ -341,4 +341,12 @@ def write_learning_curve(path: Path, trainer: PPOTrainer, selection: dict | None
         if row["source"].startswith("greedy@"):
             checkpoints.append((int(row["source"].split("@")[1]), row["val_reward"]))
     base_val = selection["base_val"] if selection else None
-    plot_learning_curve(path, trainer.learning.steps, trainer.learning.reward, sorted(checkpoints), base_val)
+    greedy = [d.get("greedy_reward") for d in trainer.learning.diagnostics]
+    plot_learning_curve(
+        path,
+        trainer.learning.steps,
+        trainer.learning.reward,
+        sorted(checkpoints),
+        base_val,
+        greedy if None not in greedy else None,
+    )

@@ -31,7 +31,14 @@ from rlprompt.ppo.callbacks import CheckpointCallback, StepEnd, TrainerCallback
 from rlprompt.ppo.config import PPOConfig
 from rlprompt.ppo.distributed import agree_on_stop
 from rlprompt.ppo.learning import LearningLog, step_diagnostics
-from rlprompt.ppo.update import StepBatch, UpdateStats, accelerate_gradient_sync, per_prompt_mean, ppo_update
+from rlprompt.ppo.update import (
+    StepBatch,
+    UpdateStats,
+    accelerate_gradient_sync,
+    concat_rollouts,
+    per_prompt_mean,
+    ppo_update,
+)
 from rlprompt.rewards.factory import RewardSetup
 from rlprompt.targets.base import GenerationParams
 from rlprompt.targets.cache import BudgetExhausted, CachedTarget
@@ -155,7 +162,7 @@ class PPOTrainer:
         an upper bound) the steps the budget buys at C × G calls each."""
         steps = self.cfg.steps
         if self.cfg.budget is not None:
-            per_step = self.cfg.contexts_per_step * (self.cfg.prompts_per_context + self.cfg.greedy_baseline)
+            per_step = self.cfg.contexts_per_step * (self.cfg.prompts_per_context + self.cfg.greedy_in_group)
             steps = min(steps, max(1, self.cfg.budget // per_step))
         return steps
 
@@ -171,40 +178,31 @@ class PPOTrainer:
         scenarios = self.draw_contexts()
         with self.phases.time("policy_sampling"):
             rollout, rows = self.sample_prompts(scenarios)
-            greedy = self.greedy_prompts(scenarios) if self.cfg.greedy_baseline else None
+            sampled = len(rollout)
+            if self.cfg.greedy_in_group:  # the greedy prompt of each scenario's context competes too
+                rollout = concat_rollouts(rollout, self.greedy_prompts(scenarios))
+                rows += [(s, sampled + self.greedy_row(i), i) for i, s in enumerate(scenarios)]
         row_scenarios = [r[0] for r in rows]
         prompt_index = torch.tensor([r[1] for r in rows])
         group = torch.tensor([r[2] for r in rows])
         system = [self.system_prompt(rollout.prompts[i]) for i in prompt_index.tolist()]
-        if greedy is not None:  # the greedy prompt of each scenario's context answers it too
-            system += [self.system_prompt(greedy.prompts[self.greedy_row(i)]) for i in range(len(scenarios))]
         with self.phases.time("target_generation"):
             samples = run_conversations(
-                self.target, row_scenarios + (scenarios if greedy is not None else []), system, self.params,
-                self.config.turns, self.reward.customer,
-            )  # fmt: skip
+                self.target, row_scenarios, system, self.params, self.config.turns, self.reward.customer
+            )
         with self.phases.time("reward"):
             scored = self.reward.reward.score(samples)
-        N = len(rows)
-        raw, baseline_reward, baseline, credit = scored.total[:N], None, None, None
-        if greedy is not None:
-            baseline_reward = scored.total[N:]  # (C,) the greedy prompt's reward per scenario
-            baseline = baseline_reward[group]  # (N,)
-            if self.cfg.divergence_credit:
-                rows_greedy = torch.tensor([self.greedy_row(i) for i in self.rollout_contexts(rollout, rows)])
-                credit = ppo.divergence_credit(rollout.actions, greedy.actions[rows_greedy])
-        stabilized = ppo.stabilize(raw, group, self.low, self.high, self.stabilizer, baseline)
+        stabilized = ppo.stabilize(scored.total, group, self.low, self.high, self.stabilizer)
         advantages, _ = per_prompt_mean(stabilized, prompt_index, len(rollout))
         return StepBatch(
             rollout,
             row_scenarios,
             prompt_index,
             group,
-            raw.float(),
-            {k: v[:N].float() for k, v in scored.parts.items()},
+            scored.total.float(),
+            {k: v.float() for k, v in scored.parts.items()},
             advantages,
-            credit=credit,
-            baseline_reward=None if baseline_reward is None else baseline_reward.float(),
+            sampled=sampled if self.cfg.greedy_in_group else -1,
         )
 
     def sample_prompts(self, scenarios: list[Scenario]):
@@ -226,7 +224,7 @@ class PPOTrainer:
     def greedy_prompts(self, scenarios: list[Scenario]):
         """The policy's greedy prompt: one for the task, or one per scenario's context. Greedy
         decoding draws nothing from the sampling generator, so the samples are the same with or
-        without the baseline."""
+        without it in the group."""
         if self.config.conditioning == "task_level":
             return self.policy.sample([TASK_LEVEL_CONTEXT], greedy=True)
         return self.policy.sample([s.context_text() for s in scenarios], greedy=True)
@@ -234,13 +232,6 @@ class PPOTrainer:
     def greedy_row(self, scenario_index: int) -> int:
         """Row of `greedy_prompts` that answers the step's scenario `scenario_index`."""
         return 0 if self.config.conditioning == "task_level" else scenario_index
-
-    def rollout_contexts(self, rollout, rows) -> list[int]:
-        """For each rollout row, the index of a scenario whose context it was sampled for."""
-        first: dict[int, int] = {}
-        for _, row, scenario_index in rows:
-            first.setdefault(row, scenario_index)
-        return [first[b] for b in range(len(rollout))]
 
     def system_prompt(self, learned: str) -> str:
         return assemble_system_prompt(self.task.base_instruction, learned, self.config.prompt)
@@ -301,29 +292,30 @@ class PPOTrainer:
             callback.on_train_end(self)
 
     def finish_step(self, batch: StepBatch, stats: UpdateStats, seconds: float) -> StepEnd:
-        """Gather every rank's rewards (a collective) and feed the run's own records."""
-        rewards = self._gather(batch.raw_reward)
-        parts = {k: self._gather(v) for k, v in batch.parts.items()}
+        """Gather every rank's rewards (a collective) and feed the run's own records. The training
+        reward is the sampled prompts' (the greedy prompt's, when it competes, is logged apart)."""
+        sampled = batch.sampled_conversations()
+        rewards = self._gather(batch.raw_reward[sampled])
+        parts = {k: self._gather(v[sampled]) for k, v in batch.parts.items()}
         self.reward_stats.update(rewards)
         self.track_learning(batch, float(rewards.mean()), stats)
         return StepEnd(batch, stats, seconds, rewards, parts)
 
     def track_learning(self, batch: StepBatch, mean_reward: float, stats: UpdateStats) -> None:
         """Feed the LearningLog: step reward, sampled task-level prompts, greedy prompt at checkpoints."""
-        diagnostics = step_diagnostics(batch.rollout.prompts, batch.group, batch.raw_reward)
+        sampled = batch.sampled_conversations()
+        rows = len(batch.rollout) if batch.sampled < 0 else batch.sampled
+        prompts = batch.rollout.prompts[:rows]
+        diagnostics = step_diagnostics(prompts, batch.group[sampled], batch.raw_reward[sampled])
         diagnostics.update(entropy=stats.entropy, kl=stats.kl, lr=self.optimizer.param_groups[0]["lr"])
-        if batch.baseline_reward is not None:  # the greedy prompt's reward on this rank's scenarios
-            diagnostics["greedy_reward"] = float(self._gather(batch.baseline_reward).mean())
+        if not sampled.all():  # the greedy prompt's reward on the step's scenarios (all ranks)
+            diagnostics["greedy_reward"] = float(self._gather(batch.raw_reward[~sampled]).mean())
         self.learning.record_step(self.step_index, mean_reward, diagnostics, self.step_scenario_ids)
         if self.config.conditioning != "task_level":
             return
-        means, counts = per_prompt_mean(batch.raw_reward, batch.prompt_index, len(batch.rollout))
+        means, counts = per_prompt_mean(batch.raw_reward[sampled], batch.prompt_index[sampled], rows)
         self.learning.record_samples(
-            self.step_index,
-            batch.rollout.prompts,
-            batch.rollout.actions.tolist(),
-            means.tolist(),
-            counts.tolist(),
+            self.step_index, prompts, batch.rollout.actions[:rows].tolist(), means.tolist(), counts.tolist()
         )
         every = max(1, math.ceil(self.cfg.steps / max(1, self.config.select_checkpoints)))
         if self.config.select_checkpoints and (

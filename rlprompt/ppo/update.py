@@ -33,8 +33,13 @@ class StepBatch:
     raw_reward: torch.Tensor  # (N,) reward before stabilization
     parts: dict[str, torch.Tensor]  # module → (N,)
     advantages: torch.Tensor  # (B,) stabilized reward averaged over each prompt's conversations
-    credit: torch.Tensor | None = None  # (B, K) which tokens the advantage applies to (None: all)
-    baseline_reward: torch.Tensor | None = None  # (C,) the greedy prompt's raw reward per scenario
+    sampled: int = -1  # rollout rows [0, sampled) are samples, the rest the greedy prompt(s); -1: all
+
+    def sampled_conversations(self) -> torch.Tensor:
+        """(N,) bool: the conversations of sampled prompts (what the training reward averages)."""
+        if self.sampled < 0:
+            return torch.ones_like(self.prompt_index, dtype=torch.bool)
+        return self.prompt_index < self.sampled
 
 
 @dataclass
@@ -81,8 +86,6 @@ def ppo_update(
     rollout = batch.rollout
     B, K = rollout.actions.shape
     advantages = ppo.sequence_advantages(batch.advantages.to(rollout.hidden.device), K)  # (B, K)
-    if batch.credit is not None:
-        advantages = advantages * batch.credit.to(advantages.device)
     with torch.no_grad():
         ref_logits = policy.action_logits(rollout, reference=True) if cfg.kl_coef > 0 else None
     stats: dict[str, list[float]] = {k: [] for k in UpdateStats.__dataclass_fields__}
@@ -137,6 +140,17 @@ def accelerate_gradient_sync(accelerator) -> GradientSync:
             offset += g.numel()
 
     return sync
+
+
+def concat_rollouts(first: Rollout, second: Rollout) -> Rollout:
+    """The rows of `first`, then those of `second` (same K and hidden size)."""
+    return Rollout(
+        context_texts=first.context_texts + second.context_texts,
+        actions=torch.cat([first.actions, second.actions]),
+        logprobs=torch.cat([first.logprobs, second.logprobs]),
+        hidden=torch.cat([first.hidden, second.hidden]),
+        prompts=first.prompts + second.prompts,
+    )
 
 
 def select_rows(rollout: Rollout, idx: torch.Tensor) -> Rollout:
