@@ -87,9 +87,10 @@ def test_train_script_writes_complete_run_folder(tmp_path):
             assert set(entry[method]["parts"]) == {"rubric"}
         assert 0.0 <= entry["win_rate_vs_base"] <= 1.0
     assert summary["steps"] == 2
-    # 2 steps × 2 contexts × 2 prompts, minus in-batch duplicates the cache served
-    assert 0 < summary["target_calls"] <= 8
-    assert summary["target_calls"] + summary["cache_hits"] >= 8
+    # 2 steps × 2 contexts × (2 sampled prompts + the greedy one, optimizer.greedy_in_group), minus
+    # in-batch duplicates the cache served
+    assert 0 < summary["target_calls"] <= 12
+    assert summary["target_calls"] + summary["cache_hits"] >= 12
 
     assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"] == 2
     state = torch.load(run_dir / "checkpoints" / "step_000002" / "state.pt", weights_only=False)
@@ -138,6 +139,10 @@ def test_default_task_level_run_selects_on_val_and_reports_the_pooled_paired_tes
     assert prompts["task_level"]["system_prompt"] == prompts["task_level"]["text"]
     assert (run_dir / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert len(summary["training_reward"]["mean"]) == 4
+    # the default greedy_in_group: the greedy prompt's own reward per step, and its rise
+    rise = summary["greedy_reward_rise"]
+    assert rise["window"] == 2 and rise["ci_low"] <= rise["mean"] <= rise["ci_high"]
+    assert rise["mean"] == pytest.approx(rise["last"] - rise["first"])
     assert "on test+heldout_persona:" in result.stdout.splitlines()[-1]
 
 
@@ -149,8 +154,8 @@ def test_two_cpu_processes_split_rollouts_and_stay_in_sync(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["processes"] == 2
-    # each rank scored its own slice: 1 context × 2 prompts per step per rank
-    assert 0 < summary["target_calls"] <= 8
+    # each rank scored its own slice: 1 context × (2 prompts + the greedy one) per step per rank
+    assert 0 < summary["target_calls"] <= 12
     step_dir = run_dir / "checkpoints" / "step_000002"
     assert (step_dir / "rng_rank0.pt").exists() and (step_dir / "rng_rank1.pt").exists()
     # ranks drew different prompts (own sampling noise) but ended with one head (checked in-run too)
@@ -163,8 +168,8 @@ def test_a_budgeted_run_evaluates_outside_the_budget_and_writes_its_summary(tmp_
     """optimizer.budget limits the optimization only: evaluation has its own counter (as in
     rlprompt/experiments/comparison.py), so a run whose budget ends training still evaluates and reports both."""
     run_dir = tmp_path / "run"
-    # 4 calls per step (2 contexts × 2 prompts): step 1 fits in 6, step 2 does not; 2 calls are left,
-    # against 16 for the evaluation (2 splits × 4 scenarios × learned and base instruction)
+    # 6 calls per step (2 contexts × (2 prompts + the greedy one)): step 1 fits in 6, step 2 does
+    # not, against 16 for the evaluation (2 splits × 4 scenarios × learned and base instruction)
     result = run_script(
         [
             *TINY,
@@ -262,5 +267,5 @@ def test_a_budget_that_runs_out_on_one_rank_stops_every_rank(tmp_path):
     assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"] == 1
     # each rank's own counters, in its own rank file: rank 0 also paid for its half of step 2
     rank0, rank1 = rank_counters(run_dir / "checkpoints" / "step_000001")
-    assert 0 < rank1["calls"] <= 2 and rank1["calls"] < rank0["calls"] <= 4
+    assert 0 < rank1["calls"] <= 3 and rank1["calls"] < rank0["calls"] <= 6  # 1 context × (2 + greedy)
     assert summary["target_calls"] == rank0["calls"] + rank1["calls"]

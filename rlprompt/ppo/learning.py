@@ -72,6 +72,12 @@ class LearningLog:
     def record_greedy(self, step: int, text: str, action_ids: list[int]) -> None:
         self.greedy.append(Candidate(text, action_ids, f"greedy@{step}"))
 
+    def greedy_rewards(self) -> list[float] | None:
+        """The greedy prompt's reward per step on the step's scenarios (`optimizer.greedy_in_group`),
+        or None when it did not compete at every step."""
+        rewards = [d.get("greedy_reward") for d in self.diagnostics]
+        return None if not rewards or None in rewards else rewards
+
     def candidates(self) -> list[Candidate]:
         """Distinct prompts to compare on val: every greedy checkpoint, then the top samples."""
         top = sorted(self.samples.values(), key=lambda c: -c.train_reward)[: self.keep_samples]

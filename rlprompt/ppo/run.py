@@ -305,6 +305,8 @@ def run_training(run: RunConfig, run_dir: Path, accelerator=None) -> dict | None
     summary = evaluate_run(trainer, run, prompts, eval_target)
     write_learning_curve(run_dir / "learning_curve.png", trainer, selection)
     counter = trainer.target.counter  # training: this rank's; target_calls sums all ranks
+    greedy = trainer.learning.greedy_rewards()
+    greedy_rise = reward_rise(greedy, scenarios=trainer.learning.scenarios) if greedy else None
     summary.update(
         {
             "task": run.task.name,
@@ -327,6 +329,8 @@ def run_training(run: RunConfig, run_dir: Path, accelerator=None) -> dict | None
             "training_reward_rise": reward_rise(
                 trainer.learning.reward, scenarios=trainer.learning.scenarios
             ),
+            # the same statistic for the greedy prompt (what ships) on the steps' scenarios
+            "greedy_reward_rise": greedy_rise,
             "config": asdict(run),
         }
     )
@@ -341,12 +345,11 @@ def write_learning_curve(path: Path, trainer: PPOTrainer, selection: dict | None
         if row["source"].startswith("greedy@"):
             checkpoints.append((int(row["source"].split("@")[1]), row["val_reward"]))
     base_val = selection["base_val"] if selection else None
-    greedy = [d.get("greedy_reward") for d in trainer.learning.diagnostics]
     plot_learning_curve(
         path,
         trainer.learning.steps,
         trainer.learning.reward,
         sorted(checkpoints),
         base_val,
-        greedy if None not in greedy else None,
+        trainer.learning.greedy_rewards(),
     )
