@@ -182,9 +182,10 @@ def terms_in_effect(opt: PPOConfig) -> dict[str, bool]:
     """Which PPO stabilizer / loss terms can change an update at these settings.
 
     A stage is in effect when it can change what it receives. The reward clip acts on z-scores
-    when the z-score is on, and a population z-score over a group of G prompts (G + 1 with the
-    greedy prompt in the group) satisfies |z| <= sqrt(G - 1); without the z-score it acts on the shaped rewards in [0, shaping_scale]
-    (raw rewards, whose bounds are not known here, are assumed to reach it).
+    when the z-score is on, and a population z-score over a group of n prompts (n = G, or G + 1
+    with the greedy prompt in the group) satisfies |z| <= sqrt(n - 1); without the z-score it
+    acts on the shaped rewards in [0, shaping_scale] (raw rewards, whose bounds are not known
+    here, are assumed to reach it).
     """
     if opt.zscore:
         reach = math.sqrt(max(opt.prompts_per_context + opt.greedy_in_group - 1, 0))

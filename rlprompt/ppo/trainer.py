@@ -25,7 +25,7 @@ from rlprompt.config import PromptConfig, RunConfig
 from rlprompt.env.conversation import run_conversations
 from rlprompt.env.prompting import assemble_system_prompt
 from rlprompt.errors import ConfigError, TargetError
-from rlprompt.policy.policy import PromptPolicy
+from rlprompt.policy.policy import PromptPolicy, Rollout
 from rlprompt.ppo import losses as ppo
 from rlprompt.ppo.callbacks import CheckpointCallback, StepEnd, TrainerCallback
 from rlprompt.ppo.config import PPOConfig
@@ -159,7 +159,8 @@ class PPOTrainer:
 
     def planned_steps(self) -> int:
         """The steps the run will take: `steps`, or under `optimizer.budget` (where `steps` is only
-        an upper bound) the steps the budget buys at C × G calls each."""
+        an upper bound) the steps the budget buys at C × G calls each (C × (G + 1) with the greedy
+        prompt in the group; cache hits make a step cheaper, never dearer)."""
         steps = self.cfg.steps
         if self.cfg.budget is not None:
             per_step = self.cfg.contexts_per_step * (self.cfg.prompts_per_context + self.cfg.greedy_in_group)
@@ -205,7 +206,7 @@ class PPOTrainer:
             sampled=sampled if self.cfg.greedy_in_group else -1,
         )
 
-    def sample_prompts(self, scenarios: list[Scenario]):
+    def sample_prompts(self, scenarios: list[Scenario]) -> tuple[Rollout, list[tuple[Scenario, int, int]]]:
         """G sampled prompts per scenario's context (or G for the task), and the rows to play:
         (scenario, rollout row of its prompt, z-score group = the scenario's index)."""
         G = self.cfg.prompts_per_context
@@ -221,7 +222,7 @@ class PPOTrainer:
             f"unknown policy.conditioning '{self.config.conditioning}'. Valid: context_conditioned, task_level"
         )
 
-    def greedy_prompts(self, scenarios: list[Scenario]):
+    def greedy_prompts(self, scenarios: list[Scenario]) -> Rollout:
         """The policy's greedy prompt: one for the task, or one per scenario's context. Greedy
         decoding draws nothing from the sampling generator, so the samples are the same with or
         without it in the group."""
