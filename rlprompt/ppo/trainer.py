@@ -181,8 +181,8 @@ class PPOTrainer:
             rollout, rows = self.sample_prompts(scenarios)
             sampled = len(rollout)
             if self.cfg.greedy_in_group:  # the greedy prompt of each scenario's context competes too
-                rollout = concat_rollouts(rollout, self.greedy_prompts(scenarios))
-                rows += [(s, sampled + self.greedy_row(i), i) for i, s in enumerate(scenarios)]
+                greedy, greedy_rows = self.greedy_prompts(scenarios, first_row=sampled)
+                rollout, rows = concat_rollouts(rollout, greedy), rows + greedy_rows
         row_scenarios = [r[0] for r in rows]
         prompt_index = torch.tensor([r[1] for r in rows])
         group = torch.tensor([r[2] for r in rows])
@@ -222,17 +222,18 @@ class PPOTrainer:
             f"unknown policy.conditioning '{self.config.conditioning}'. Valid: context_conditioned, task_level"
         )
 
-    def greedy_prompts(self, scenarios: list[Scenario]) -> Rollout:
-        """The policy's greedy prompt: one for the task, or one per scenario's context. Greedy
+    def greedy_prompts(
+        self, scenarios: list[Scenario], first_row: int
+    ) -> tuple[Rollout, list[tuple[Scenario, int, int]]]:
+        """The policy's greedy prompt — one for the task, or one per scenario's context — and the
+        rows to play, as `sample_prompts` (its rollout rows numbered from `first_row`). Greedy
         decoding draws nothing from the sampling generator, so the samples are the same with or
         without it in the group."""
         if self.config.conditioning == "task_level":
-            return self.policy.sample([TASK_LEVEL_CONTEXT], greedy=True)
-        return self.policy.sample([s.context_text() for s in scenarios], greedy=True)
-
-    def greedy_row(self, scenario_index: int) -> int:
-        """Row of `greedy_prompts` that answers the step's scenario `scenario_index`."""
-        return 0 if self.config.conditioning == "task_level" else scenario_index
+            rollout = self.policy.sample([TASK_LEVEL_CONTEXT], greedy=True)
+            return rollout, [(s, first_row, i) for i, s in enumerate(scenarios)]
+        rollout = self.policy.sample([s.context_text() for s in scenarios], greedy=True)
+        return rollout, [(s, first_row + i, i) for i, s in enumerate(scenarios)]
 
     def system_prompt(self, learned: str) -> str:
         return assemble_system_prompt(self.task.base_instruction, learned, self.config.prompt)
