@@ -22,6 +22,7 @@ from rlprompt.ppo.trainer import TASK_LEVEL_CONTEXT, PPOTrainer
 from rlprompt.ppo.update import UpdateStats
 from rlprompt.rewards.base import REWARDS, RewardResult, register_reward
 from rlprompt.targets.base import Reply
+from tests.conftest import TEST_THREADS
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +93,9 @@ def make_run(tmp_path: Path, phrase: str, **optimizer) -> dict:
         },
         "cache": {"enabled": False},
         "checkpoint_every": 1000,
+        # the test process's thread count (conftest): threads=0 would take every core, and two
+        # pytest workers doing so oversubscribed the 2 cores (this file's tests ran 3-5x slower in CI)
+        "threads": TEST_THREADS,
     }
 
 
@@ -132,7 +136,7 @@ def test_ppo_components_reaches_a_rewarded_component(tmp_path):
         make_run(
             tmp_path,
             "",
-            steps=10,
+            steps=6,  # 4 already reach it (checked); 6 leaves a margin
             contexts_per_step=4,
             prompts_per_context=4,
             policy={"action_space": "components", "prompt_length": 2},
