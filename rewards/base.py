@@ -100,6 +100,13 @@ class RewardFunction:
             raise RewardError("the reward has no modules: set reward.modules, e.g. {rubric: 1.0}")
         self.modules = modules
 
+    def bounds(self) -> tuple[float, float]:
+        """The weighted sum's range: PPO's linear reward shaping and the gateway's normalisation
+        map rewards through it, so a negative weight swaps its module's ends."""
+        low = sum(min(w * m.low, w * m.high) for m, w in self.modules.values())
+        high = sum(max(w * m.low, w * m.high) for m, w in self.modules.values())
+        return low, high
+
     def score(self, samples: list[Sample]) -> RewardBatch:
         parts: dict[str, torch.Tensor] = {}
         reasons: dict[str, list[str]] = {}

@@ -46,6 +46,16 @@ class LengthReward:
         return [RewardResult(float(len(s.first_reply))) for s in samples]
 
 
+def test_the_weighted_sum_bounds_swap_a_negative_weight_s_ends():
+    """PPO's shaping and the gateway's normalisation map rewards through these bounds."""
+
+    class Unit:
+        low, high = 0.0, 1.0
+
+    reward = RewardFunction({"length": (LengthReward(), 0.5), "unit": (Unit(), -2.0)})
+    assert reward.bounds() == (-2.0, 500.0)
+
+
 def test_accuracy_counts_strict_wins_and_reports_ties_apart(task):
     pairs = [p for p in load_pairs(task, splits=("dev",)) if p.category == "concise"]  # short wins
     scores = score_pairs(pairs, RewardFunction({"length": (LengthReward(), 1.0)}), {"neg": {"length": -1.0}})

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from serve_support import ThreadServer, serve_run
 
-from rlprompt.ppo.trainer import reward_bounds
 from rlprompt.rewards.base import Sample
 from rlprompt.rewards.factory import reward_from_config
 from rlprompt.serve.app import create_app
@@ -46,7 +45,7 @@ def test_traffic_shifts_to_the_best_arm_under_delayed_feedback(tmp_path, smollm2
     pool = random.Random(0).sample(TASK.split("train"), POOL)
     params = GenerationParams(max_new_tokens=MAX_TOKENS)
     reward = reward_from_config(run.reward, TASK, None).reward
-    low, high = reward_bounds(reward)
+    low, high = reward.bounds()
 
     def score(scenario, reply: str) -> float:
         convo = [

@@ -163,9 +163,7 @@ class OptimizerContext:
 
     @cached_property
     def bounds(self) -> tuple[float, float]:
-        from rlprompt.ppo.trainer import reward_bounds
-
-        return reward_bounds(self.reward.reward)
+        return self.reward.reward.bounds()
 
     @cached_property
     def train(self) -> list[Scenario]:

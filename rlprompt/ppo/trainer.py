@@ -11,7 +11,6 @@ with `accelerator.reduce`, and only the main process writes. The trainer reads o
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -31,6 +30,7 @@ from rlprompt.ppo.callbacks import CheckpointCallback, StepEnd, TrainerCallback
 from rlprompt.ppo.config import PPOConfig
 from rlprompt.ppo.distributed import agree_on_stop
 from rlprompt.ppo.learning import LearningLog, step_diagnostics
+from rlprompt.ppo.progress import PhaseTimer, RunningStats
 from rlprompt.ppo.update import (
     StepBatch,
     UpdateStats,
@@ -108,7 +108,7 @@ class PPOTrainer:
             reward_clip=self.cfg.reward_clip,
             zscore_min_std=self.cfg.zscore_min_std,
         )
-        self.low, self.high = reward_bounds(reward.reward)
+        self.low, self.high = reward.reward.bounds()
         # Same context draws on every rank (each takes its slice); own sampling noise per rank.
         self.context_rng = random.Random(config.seed)
         self.sample_gen = torch.Generator().manual_seed(config.seed * 1000 + self.rank)
@@ -388,41 +388,3 @@ class PPOTrainer:
         self.context_rng.setstate(mine["context_rng"])
         self.sample_gen.set_state(mine["sample_gen"])
         torch.set_rng_state(mine["torch_rng"])
-
-
-class PhaseTimer:
-    """Wall seconds spent per named phase, accumulated over the run."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def time(self, name: str):
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
-
-
-class RunningStats:
-    """The last step's mean raw reward (all ranks), shown by the progress bar; checkpointed."""
-
-    def __init__(self) -> None:
-        self.last_mean = 0.0
-
-    def update(self, values: torch.Tensor) -> None:
-        self.last_mean = float(values.mean())
-
-    def state_dict(self) -> dict:
-        return {"last_mean": self.last_mean}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.last_mean = float(state["last_mean"])  # older checkpoints also held n / mean / m2
-
-
-def reward_bounds(function) -> tuple[float, float]:
-    """Range of the weighted sum, for linear shaping."""
-    low = sum(min(w * m.low, w * m.high) for m, w in function.modules.values())
-    high = sum(max(w * m.low, w * m.high) for m, w in function.modules.values())
-    return low, high

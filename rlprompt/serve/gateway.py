@@ -110,9 +110,7 @@ class Gateway(FeedbackMixin):
 
     @cached_property
     def bounds(self) -> tuple[float, float]:
-        from rlprompt.ppo.trainer import reward_bounds
-
-        return reward_bounds(self.reward.reward)
+        return self.reward.reward.bounds()
 
     def normalize(self, raw: float) -> float:
         low, high = self.bounds
