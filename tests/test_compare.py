@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -278,8 +279,12 @@ def test_every_ablation_switches_off_exactly_one_term():
     assert runs["ppo-no-whole-prompt"].prompt.template == "{base}\n{learned}"
     assert runs["ppo-no-first-person"].policy.prompt_lead == "Always"
     assert "{role}" in runs["ppo-no-first-person"].policy.prefix_template
+    # the control: every term as in ppo, no step taken
+    untrained = runs["ppo-untrained"]
+    assert terms(untrained) == full and untrained.optimizer.steps == 0
+    assert replace(untrained.optimizer, steps=runs["ppo"].optimizer.steps) == runs["ppo"].optimizer
     for label, run in runs.items():
-        if label in ("manual", "ppo"):
+        if label in ("manual", "ppo", "ppo-untrained"):
             continue
         variant = terms(run)
         changed = sorted(k for k in full if variant[k] != full[k])

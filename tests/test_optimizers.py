@@ -248,3 +248,18 @@ def test_ppo_wrappers_never_exceed_their_budget(tmp_path, name):
     assert result.extra["steps"] == 1 and len(result.curve) == 1
     assert result.prompts.method == name
     assert result.prompts.action_space == ("components" if name == "components" else "tokens")
+
+
+@pytest.mark.slow
+def test_ppo_with_no_steps_ships_the_untrained_greedy_prompt_under_any_budget(tmp_path):
+    """The ablation's `ppo-untrained` control: a budget must not turn steps=0 into a training run."""
+    shipped = {}
+    for seed in (0, 1):
+        run = fake_run("ppo", tmp_path, budget=13, steps=0, contexts_per_step=2, prompts_per_context=4)
+        run["policy"] = {"conditioning": "task_level", "prompt_length": 4}
+        run["seed"] = seed
+        result = run_optimizer(validate(run), tmp_path / f"seed{seed}")
+        assert result.target_calls == 0 and result.extra["steps"] == 0 and result.curve == []
+        shipped[seed] = [e.text for e in result.prompts.entries]
+    # the residual head starts at the frozen LM: the greedy prompt does not depend on the seed
+    assert shipped[0] == shipped[1] and shipped[0][0].strip()

@@ -123,6 +123,9 @@ MODES: dict[str, tuple[MethodSpec, ...]] = {
         MethodSpec("ppo-no-period", (*_PPO, "policy.end_with_period=false")),
         MethodSpec("ppo-no-whole-prompt", (*_PPO, *_AFTER_BASE)),
         MethodSpec("ppo-no-first-person", (*_PPO, *_RULE_VOICE)),
+        # The control for all of them: the same policy untrained (0 steps, 0 target calls), its
+        # greedy sentence. What PPO's steps add over the frozen LM's prior is ppo minus this row.
+        MethodSpec("ppo-untrained", (*_PPO, "optimizer.steps=0")),
     ),
 }
 

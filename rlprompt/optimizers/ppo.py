@@ -66,9 +66,10 @@ class PPOOptimizer:
         run = self.configure(self.ctx.private_run)
         check_run(run)  # after configure (components checks its action space), before models load
         budget = run.optimizer.budget
-        if budget is not None:
+        if budget is not None and run.optimizer.steps > 0:
             # Every step spends at most C×G calls and almost always at least one, so `budget` steps
-            # is an upper bound that lets the budget, not the step count, end the run.
+            # is an upper bound that lets the budget, not the step count, end the run. steps=0 stays
+            # 0 under any budget: the untrained policy's greedy prompt (the ablation's control).
             run = replace(run, optimizer=replace(run.optimizer, steps=max(budget, 1)))
         curve = CurveTracker(self.ctx.run_dir / CURVE_FILE, self.ctx.resume_dir)
         trainer = build_trainer(run, self.ctx.run_dir, callbacks=[curve])
