@@ -2,7 +2,9 @@
 
 Runs scripts/compare.py in `+mode=efficiency` (same budget, same seeds for every method), then
 reads each method's best-so-far curve (training reward vs calls, one per seed) and its held-out
-(test) reward at the end of the budget. The area under the curve is the mean best-so-far reward
+(test) reward at the end of the budget, beside PPO's starting point (`ppo-untrained`: the same
+policy's greedy sentence before any step, 0 calls), so the printout says what PPO's calls bought:
+ppo minus ppo-untrained, paired on the same held-out scenarios. The area under the curve is the mean best-so-far reward
 over the budget (trapezoid over calls / budget; before a method's first scored call it counts 0).
 
     python benchmarks/sample_efficiency.py [--budget 40] [--seeds 0 1 2] [--scenarios 8]   (707 s at --budget 48 --scenarios 12)
@@ -25,8 +27,11 @@ from pathlib import Path
 import numpy as np
 from common import Stopwatch, write_result
 
+from rlprompt.experiments.report import paired_difference
+
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("random", "ppo", "components", "opro", "bandit")
+CONTROL = "ppo-untrained"  # PPO's starting point, 0 calls: what PPO's calls bought is ppo minus it
 
 
 def area_under_curve(curve: list[tuple[int, float]], budget: int) -> float:
@@ -87,6 +92,18 @@ def main() -> None:
         print(f"{label:11s} AUC {np.mean(aucs):.3f} (per seed {', '.join(f'{a:.3f}' for a in aucs)})  "
               f"test {test['mean']:.3f} ({_diff(test)} vs base)  heldout_persona {heldout['mean']:.3f} "
               f"({_diff(heldout)} vs base)  calls {method['target_calls']:.0f}")  # fmt: skip
+    control = results["methods"][CONTROL]["splits"]
+    bought = paired_difference(results, "ppo", CONTROL)
+    rows[CONTROL] = {
+        "final_test_reward": round(control["test"]["mean"], 4), "test_minus_base": control["test"]["diff_vs_manual"],
+        "heldout_persona_reward": round(control["heldout_persona"]["mean"], 4),
+        "heldout_persona_minus_base": control["heldout_persona"]["diff_vs_manual"], "calls_used": 0,
+        "prompts": results["methods"][CONTROL]["prompts"], "ppo_minus_untrained_pooled": bought,
+    }  # fmt: skip
+    print(f"{CONTROL:11s} test {control['test']['mean']:.3f} ({_diff(control['test'])} vs base)  heldout_persona "
+          f"{control['heldout_persona']['mean']:.3f} ({_diff(control['heldout_persona'])} vs base)  calls 0")  # fmt: skip
+    print(f"what PPO's {args.budget} calls bought (ppo - {CONTROL}, test+heldout_persona pooled, paired): "
+          f"{bought['mean']:+.3f} [{bought['ci_low']:+.3f}, {bought['ci_high']:+.3f}] (n = {bought['n']})")  # fmt: skip
     manual = results["methods"]["manual"]["splits"]["test"]["mean"]
     best = max(rows, key=lambda k: rows[k]["auc_mean"])
     print(f"hand-written prompt on test: {manual:.3f}; most sample-efficient (AUC): {best}")

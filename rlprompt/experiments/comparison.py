@@ -103,6 +103,8 @@ MODES: dict[str, tuple[MethodSpec, ...]] = {
         MethodSpec("components", ("optimizer=components",)),
         MethodSpec("opro", ("optimizer=opro",)),
         MethodSpec("bandit", ("optimizer=bandit",)),
+        # PPO's own starting point at 0 calls: ppo minus this is what its calls bought
+        MethodSpec("ppo-untrained", (*_PPO, "optimizer.steps=0")),
     ),
     # RLPrompt's stabilizer ablation: each PPO ingredient switched off in turn, exactly one per
     # variant (checked by `plan_runs`). With the z-score on, |z| <= sqrt(G-1) < reward_clip, so the
@@ -318,6 +320,9 @@ def assemble_results(
         "seeds": sorted({r.seed for rec in records.values() for r in rec.results}),
         "splits": list(EVAL_SPLITS),
         "eval_max_scenarios": run.eval.max_scenarios,
+        "scenario_ids": {split: list(reference[split].scenario_ids) for split in EVAL_SPLITS},
+        "confidence": run.eval.confidence,
+        "bootstrap": run.eval.bootstrap,
         "target_model": run.target.model,
         "reward": dict(run.reward.modules),
         "aggregation": (
@@ -361,6 +366,9 @@ def summarize(
             "diff_vs_manual": diff.as_dict(),
             "verdict_vs_manual": verdict(diff),
             "cells": cell_means(runs, task),
+            # per scenario, mean over seeds, in `results["scenario_ids"][split]` order: the paired
+            # difference between any two methods (report.paired_section) needs nothing else
+            "scenario_means": [round(float(v), 6) for v in values.mean(axis=0)],
         }
     results = record.results
     return {

@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from rlprompt.evaluation.evaluate import bootstrap_ci
 from rlprompt.prompt_set import PromptSet
 
 PLOTS = ("curves.png", "heatmaps.png", "usage.png")
@@ -77,6 +78,56 @@ def main_table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def paired_difference(results: dict[str, Any], label: str, reference: str) -> dict[str, float]:
+    """`label` − `reference` on the same scenarios, pooled over the held-out splits: the mean of
+    the per-scenario differences (each the mean over seeds) with its percentile-bootstrap CI over
+    scenarios, as `diff_vs_manual` is per split."""
+    splits = results["splits"]
+    diffs = np.concatenate(
+        [
+            np.asarray(results["methods"][label]["splits"][s]["scenario_means"])
+            - np.asarray(results["methods"][reference]["splits"][s]["scenario_means"])
+            for s in splits
+        ]
+    )
+    ci = bootstrap_ci(diffs, results.get("confidence", 0.95), results.get("bootstrap", 2000))
+    return {"mean": ci.mean, "ci_low": ci.low, "ci_high": ci.high, "n": int(diffs.size)}
+
+
+def paired_section(results: dict[str, Any], reference: str = "ppo") -> str:
+    """Each `ppo-*` variant (the ablation's, and the untrained control) against `ppo` itself: what
+    switching one piece off costs, paired on the same scenarios. Empty where there is nothing to
+    pair (no `ppo`, no variant, or results.json from before per-scenario means were kept)."""
+    methods = results["methods"]
+    variants = [label for label in methods if label.startswith(f"{reference}-")]
+    if reference not in methods or not variants:
+        return ""
+    if any(
+        "scenario_means" not in methods[x]["splits"][results["splits"][0]] for x in [reference, *variants]
+    ):
+        return ""
+    pooled = "+".join(results["splits"])
+    rows = [
+        f"## Each variant against {reference} (paired, {pooled} pooled)",
+        "",
+        f"| variant | {reference} − variant [95% CI] | verdict | scenarios |",
+        "|---|---|---|---|",
+    ]
+    for label in variants:
+        d = paired_difference(results, reference, label)
+        verdict = (
+            f"{reference} better"
+            if d["ci_low"] > 0
+            else f"{label} better"
+            if d["ci_high"] < 0
+            else "no detectable difference"
+        )
+        rows.append(
+            f"| {label} | {d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {verdict} | {d['n']} |"
+        )
+    return "\n".join([*rows, ""])
+
+
 def parts_table(results: dict[str, Any]) -> str:
     methods = results["methods"]
     first = next(iter(methods.values()))
@@ -128,6 +179,7 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             main_table(results),
             "",
+            paired_section(results),
             "## Reward modules (mean per module, raw scale)",
             "",
             parts_table(results),
