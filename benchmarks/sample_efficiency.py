@@ -105,7 +105,7 @@ def main() -> None:
     print(f"what PPO's {args.budget} calls bought (ppo - {CONTROL}, test+heldout_persona pooled, paired): "
           f"{bought['mean']:+.3f} [{bought['ci_low']:+.3f}, {bought['ci_high']:+.3f}] (n = {bought['n']})")  # fmt: skip
     manual = results["methods"]["manual"]["splits"]["test"]["mean"]
-    best = max(rows, key=lambda k: rows[k]["auc_mean"])
+    best = max(METHODS, key=lambda k: rows[k]["auc_mean"])
     print(f"hand-written prompt on test: {manual:.3f}; most sample-efficient (AUC): {best}")
     print(f"wall time {watch.seconds:.0f} s; report: {out / 'report.md'}")
     write_result("sample_efficiency" + ("" if args.budget == 40 else f"_budget{args.budget}"), {
