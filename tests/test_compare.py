@@ -109,7 +109,13 @@ def test_plans_compose_from_the_real_configs(mode):
         assert by_label["components"].policy.action_space == "components"
         assert by_label["ppo"].policy.action_space == "tokens"
     elif mode == "efficiency":
-        assert set(by_label) == {"manual", "random", "ppo", "components", "opro", "bandit"}
+        assert set(by_label) == {"manual", "random", "ppo", "components", "opro", "bandit", "ppo-untrained"}
+        # PPO's starting point: the same run as ppo, no step (0 calls under any budget)
+        assert by_label["ppo-untrained"].optimizer.steps == 0
+        assert (
+            replace(by_label["ppo-untrained"].optimizer, steps=by_label["ppo"].optimizer.steps)
+            == by_label["ppo"].optimizer
+        )
         assert by_label["random"].policy.action_space == "tokens"
         assert by_label["components"].policy.action_space == "components"
     else:
