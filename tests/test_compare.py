@@ -226,13 +226,13 @@ def test_report_tests_each_split_by_the_paired_difference(tmp_path):
 def test_report_pairs_every_ppo_variant_with_ppo_on_the_pooled_held_out_scenarios(tmp_path):
     """The ablation's question is each variant against ppo itself, not against the hand-written prompt."""
 
+    offsets = {"ppo": 0.1, "ppo-no-kl": 0.0, "manual": 0.05}
+
     def reward(label, seed, i):
-        noise = float(
-            np.random.default_rng([seed, i]).uniform()
-        )  # shared by every method: cancels when paired
-        return noise + {"ppo": 0.1, "ppo-no-kl": 0.0, "ppo-untrained": 0.1 + 0.01 * (i % 2 - 0.5)}.get(
-            label, 0.05
-        )
+        noise = float(np.random.default_rng([seed, i]).uniform())  # the same for every method
+        if label == "ppo-untrained":
+            return noise + 0.1 + 0.01 * (i % 2 - 0.5)
+        return noise + offsets[label]
 
     results = fake_report(
         tmp_path, {"manual": [0], "ppo": [0, 1], "ppo-no-kl": [0, 1], "ppo-untrained": [0]}, reward

@@ -84,6 +84,9 @@ _RULE_VOICE = (
     "policy.prompt_lead=Always",
 )
 _AFTER_BASE = ("prompt.template='{base}\n{learned}'",)
+# PPO's own starting point: the same run with no step (0 target calls under any budget), its
+# greedy sentence. ppo minus this row is what PPO's steps and calls bought over the frozen LM's prior.
+_UNTRAINED = MethodSpec("ppo-untrained", (*_PPO, "optimizer.steps=0"))
 MODES: dict[str, tuple[MethodSpec, ...]] = {
     "compare": (
         MethodSpec("manual", ("optimizer=manual",)),
@@ -103,8 +106,7 @@ MODES: dict[str, tuple[MethodSpec, ...]] = {
         MethodSpec("components", ("optimizer=components",)),
         MethodSpec("opro", ("optimizer=opro",)),
         MethodSpec("bandit", ("optimizer=bandit",)),
-        # PPO's own starting point at 0 calls: ppo minus this is what its calls bought
-        MethodSpec("ppo-untrained", (*_PPO, "optimizer.steps=0")),
+        _UNTRAINED,
     ),
     # RLPrompt's stabilizer ablation: each PPO ingredient switched off in turn, exactly one per
     # variant (checked by `plan_runs`). With the z-score on, |z| <= sqrt(G-1) < reward_clip, so the
@@ -125,9 +127,7 @@ MODES: dict[str, tuple[MethodSpec, ...]] = {
         MethodSpec("ppo-no-period", (*_PPO, "policy.end_with_period=false")),
         MethodSpec("ppo-no-whole-prompt", (*_PPO, *_AFTER_BASE)),
         MethodSpec("ppo-no-first-person", (*_PPO, *_RULE_VOICE)),
-        # The control for all of them: the same policy untrained (0 steps, 0 target calls), its
-        # greedy sentence. What PPO's steps add over the frozen LM's prior is ppo minus this row.
-        MethodSpec("ppo-untrained", (*_PPO, "optimizer.steps=0")),
+        _UNTRAINED,  # the control for all of them
     ),
 }
 

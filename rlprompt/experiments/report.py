@@ -115,13 +115,11 @@ def paired_section(results: dict[str, Any], reference: str = "ppo") -> str:
     ]
     for label in variants:
         d = paired_difference(results, reference, label)
-        verdict = (
-            f"{reference} better"
-            if d["ci_low"] > 0
-            else f"{label} better"
-            if d["ci_high"] < 0
-            else "no detectable difference"
-        )
+        verdict = "no detectable difference"
+        if d["ci_low"] > 0:
+            verdict = f"{reference} better"
+        elif d["ci_high"] < 0:
+            verdict = f"{label} better"
         rows.append(
             f"| {label} | {d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {verdict} | {d['n']} |"
         )
